@@ -1,0 +1,1 @@
+"""vmstate: a versioned, hardened CBOR state serializer. Knows nothing of virtio."""
