@@ -1,0 +1,166 @@
+"""Character devices: the host side of a port.
+
+The contract is QEMU's chardev front end, reduced to what virtio-serial uses:
+
+* front -> back: ``write(data) -> int`` takes what it can *now* (never
+  blocks; fewer bytes than offered means "throttle me"), ``set_fe_open``
+  tells the backend the guest opened or closed the port, ``accept_input``
+  says the guest has room again.
+* back -> front (``ChardevFrontend``): ``chr_can_read``/``chr_read`` push host
+  data within what the guest can take, ``chr_event(opened)`` reports the host
+  program connecting or leaving, ``chr_write_unblocked`` ends throttling.
+
+``MemoryChardev`` is a complete in-process backend: the host program is the
+caller, which reads what the guest wrote from ``received`` and queues bytes
+for the guest with ``send``.  ``window`` simulates a slow reader.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ChardevFrontend(Protocol):
+    def chr_can_read(self) -> int: ...
+
+    def chr_read(self, data: bytes | memoryview) -> None: ...
+
+    def chr_event(self, opened: bool) -> None: ...
+
+    def chr_write_unblocked(self) -> None: ...
+
+
+class Chardev:
+    """Base backend; subclasses implement the byte movement."""
+
+    kind = "base"
+
+    def __init__(self, chardev_id: str) -> None:
+        self.id = chardev_id
+        self.be_open = False  # a host program is connected
+        self.fe_open = False  # the guest side has the port open
+        self.frontend: ChardevFrontend | None = None
+
+    # -- front-end attachment (qemu_chr_fe_init / set_handlers) ----------------
+    def attach(self, frontend: ChardevFrontend) -> None:
+        if self.frontend is not None:
+            raise RuntimeError(f"chardev '{self.id}' is in use")
+        self.frontend = frontend
+
+    def detach(self) -> None:
+        self.frontend = None
+        self.fe_open = False
+
+    @property
+    def in_use(self) -> bool:
+        return self.frontend is not None
+
+    # -- front -> back -----------------------------------------------------------
+    def write(self, data: memoryview) -> int:
+        raise NotImplementedError
+
+    def set_fe_open(self, is_open: bool) -> None:
+        self.fe_open = is_open
+
+    def accept_input(self) -> None:
+        """The guest made room: push whatever is waiting."""
+
+    # -- back -> front helpers ----------------------------------------------------
+    def _be_event(self, opened: bool) -> None:
+        self.be_open = opened
+        if self.frontend is not None:
+            self.frontend.chr_event(opened)
+
+    def info(self) -> dict[str, object]:
+        return {"label": self.id, "filename": self.kind, "frontend-open": self.fe_open}
+
+
+class NullChardev(Chardev):
+    """``-chardev null``: always open, swallows everything, never sends."""
+
+    kind = "null"
+
+    def __init__(self, chardev_id: str) -> None:
+        super().__init__(chardev_id)
+        self.be_open = True
+
+    def write(self, data: memoryview) -> int:
+        return len(data)
+
+
+class MemoryChardev(Chardev):
+    """An in-memory host program, with an optional slow-reader window."""
+
+    kind = "memory"
+
+    def __init__(self, chardev_id: str, *, connected: bool = True, window: int | None = None) -> None:
+        super().__init__(chardev_id)
+        self.be_open = connected
+        self.received = bytearray()  # guest -> host, in order
+        self.outbox = bytearray()  # host -> guest, not yet taken by the guest
+        self.window = window  # bytes the reader will take before it stalls
+        self.keep = True  # False: count bytes, keep none (a sink for benches)
+        self.received_count = 0
+        self.short_writes = 0
+
+    def write(self, data: memoryview) -> int:
+        n = len(data)
+        if self.window is not None:
+            if self.window <= 0:
+                self.short_writes += 1
+                return 0
+            if n > self.window:
+                n = self.window
+                data = data[:n]
+                self.short_writes += 1
+            self.window -= n
+        if self.keep:
+            self.received += data
+        self.received_count += n
+        return n
+
+    def take(self) -> bytes:
+        out = bytes(self.received)
+        self.received.clear()
+        return out
+
+    def grant(self, nbytes: int | None) -> None:
+        """The slow reader reads ``nbytes`` more (None: reads at full speed)."""
+        if nbytes is None:
+            self.window = None
+        else:
+            self.window = (self.window or 0) + nbytes
+        if self.frontend is not None:
+            self.frontend.chr_write_unblocked()
+
+    def send(self, data: bytes) -> int:
+        """Queue host -> guest bytes; returns how many the guest took now."""
+        self.outbox += data
+        return self.pump()
+
+    def pump(self) -> int:
+        fe = self.frontend
+        if fe is None or not self.be_open:
+            return 0
+        moved = 0
+        while self.outbox:
+            room = fe.chr_can_read()
+            if room <= 0:
+                break
+            chunk = bytes(self.outbox[:room])
+            fe.chr_read(chunk)
+            del self.outbox[: len(chunk)]
+            moved += len(chunk)
+        return moved
+
+    def accept_input(self) -> None:
+        self.pump()
+
+    def connect(self) -> None:
+        if not self.be_open:
+            self._be_event(True)
+            self.pump()
+
+    def disconnect(self) -> None:
+        if self.be_open:
+            self._be_event(False)

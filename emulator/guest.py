@@ -1,0 +1,594 @@
+"""The simulated Linux guest: drivers/char/virtio_console.c, as a program.
+
+One ``PortsDevice`` per virtio-serial device (Linux's ``struct
+ports_device``) drives the device through real split rings in guest memory;
+``GuestKernel`` owns them all, the device nodes and sysfs files they create,
+and the file API guest programs use (``open``/``read``/``write``/``close``).
+
+Behaviours reproduced from the driver (function names in brackets):
+
+* probe [virtcons_probe]: negotiate features, refuse max_nr_ports of 0 or
+  above 0x8000, fill the control rx queue, send DEVICE_READY 1 (0 if the
+  fill failed).
+* control messages are handled one at a time in ring order, each buffer
+  re-queued after its message [control_work_handler]; replies (PORT_READY,
+  PORT_OPEN) go out synchronously [__send_control_msg], so the device's
+  answers queue up behind messages already in the ring.
+* PORT_ADD creates ``/dev/vport<dev>p<id>`` and fills its rx ring with one
+  4096-byte buffer per entry [add_port, fill_queue]; CONSOLE_PORT makes it
+  ``/dev/hvc<N>`` and opens it [init_port_console]; PORT_NAME publishes the
+  sysfs name and udev's ``/dev/virtio-ports/<name>`` link.
+* open/close send PORT_OPEN; data for a port nobody has open is discarded
+  and counted [in_intr, discard_port_data]; a write takes at most 32 KiB in
+  one buffer and would block while the host is closed or the ring is full
+  [port_fops_write, will_write_block].
+
+Guest programs are non-blocking: where Linux would sleep, the call raises
+``GuestOSError(EAGAIN)`` and the program tries again later.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import control, vring
+from .control import BAD_ID, CONTROL_HEADER, Event
+from .device import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK
+from .driver_queue import DriverQueue
+from .errors import GuestOSError
+from .kmalloc import Kmalloc
+from .memory import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from .device import VirtIOSerial
+    from .machine import Machine
+
+VIRTCONS_MAX_PORTS = 0x8000
+MAX_WRITE = 32 * 1024
+RX_BUF_SIZE = PAGE_SIZE
+
+# What the driver asks for (its feature table plus the ring features).
+DRIVER_FEATURES = (
+    (1 << control.VIRTIO_CONSOLE_F_SIZE)
+    | (1 << control.VIRTIO_CONSOLE_F_MULTIPORT)
+    | (1 << control.VIRTIO_CONSOLE_F_EMERG_WRITE)
+    | (1 << vring.VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << vring.VIRTIO_RING_F_EVENT_IDX)
+    | (1 << vring.VIRTIO_F_VERSION_1)
+)
+
+
+def _oserror(code: int, what: str) -> GuestOSError:
+    import os
+
+    return GuestOSError(code, f"{what}: {os.strerror(code)}")
+
+
+@attrs.define
+class GuestPortInfo:
+    """One port as a guest program sees it (``x-guest-ports`` rows)."""
+
+    path: str
+    name: str | None
+    id: int
+    device: int
+    console: str | None
+    open: bool
+    host_connected: bool
+
+
+class GuestPort:
+    """Linux's ``struct port``."""
+
+    def __init__(self, portdev: PortsDevice, port_id: int) -> None:
+        self.portdev = portdev
+        self.id = port_id
+        self.name: str | None = None
+        self.hvc: int | None = None
+        self.guest_connected = False
+        self.host_connected = False
+        self.outvq_full = False
+        self.in_vq = portdev.queue(0 if port_id == 0 else 2 * port_id + 2)
+        self.out_vq = portdev.queue(1 if port_id == 0 else 2 * port_id + 3)
+        # The buffer being read: [addr, length, offset] or None.
+        self.inbuf: list[int] | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.bytes_discarded = 0
+        self.removed = False
+
+    @property
+    def node(self) -> str:
+        return f"vport{self.portdev.index}p{self.id}"
+
+    @property
+    def is_console(self) -> bool:
+        return self.hvc is not None
+
+
+class PortsDevice:
+    """The driver instance bound to one virtio-serial device."""
+
+    def __init__(self, kernel: GuestKernel, dev: VirtIOSerial) -> None:
+        self.kernel = kernel
+        self.dev = dev
+        self.index = dev.index
+        self.features = 0
+        self.multiport = False
+        self.max_nr_ports = 1
+        self.queues: dict[int, DriverQueue] = {}
+        self.ports: dict[int, GuestPort] = {}
+        self.ctrl_tx_buf = 0
+        self.probed = False
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------- plumbing
+    @property
+    def mem(self) -> Any:
+        return self.kernel.mem
+
+    def queue(self, index: int) -> DriverQueue:
+        q = self.queues.get(index)
+        if q is None:
+            num = self.dev.queues[index].max_size
+            q = DriverQueue(self.mem, self.kernel.kmalloc, index, num, bool(
+                self.features & (1 << vring.VIRTIO_RING_F_EVENT_IDX)))
+            self.dev.configure_queue(index, num, q.desc, q.avail, q.used)
+            self.queues[index] = q
+        return q
+
+    def kick(self, q: DriverQueue) -> None:
+        if q.kick_needed(self.mem):
+            self.kernel.machine.notify_device(self.dev, q.index)
+
+    # ---------------------------------------------------------------- probe
+    def probe(self) -> None:
+        dev = self.dev
+        dev.set_status(STATUS_ACKNOWLEDGE)
+        dev.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER)
+        self.features = dev.device_features() & DRIVER_FEATURES
+        dev.set_driver_features(self.features)
+        dev.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)
+        self.multiport = bool(self.features & (1 << control.VIRTIO_CONSOLE_F_MULTIPORT))
+        if self.multiport:
+            self.max_nr_ports = int.from_bytes(dev.read_config(4, 4), "little")
+            if not self.max_nr_ports or self.max_nr_ports > VIRTCONS_MAX_PORTS:
+                dev.set_status(128)  # FAILED: "Invalidate max_nr_ports"
+                raise _oserror(errno.EINVAL, f"virtio{self.index}: invalid max_nr_ports")
+        # init_vqs: control queues now; port queues as ports appear.
+        if self.multiport:
+            self.queue(2)
+            self.queue(3)
+            self.ctrl_tx_buf = self.kernel.kmalloc.alloc(CONTROL_HEADER.size)
+        dev.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK)
+        self.probed = True
+        if self.multiport:
+            added = self.fill_queue(self.queues[2])
+            self.send_control(BAD_ID, Event.DEVICE_READY, 1 if added else 0)
+        else:
+            self.add_port(0)
+
+    def fill_queue(self, q: DriverQueue) -> int:
+        """fill_queue: one page-sized buffer per free entry."""
+        added = 0
+        while q.num_free:
+            try:
+                addr = self.kernel.kmalloc.alloc(RX_BUF_SIZE)
+            except GuestOSError:
+                break
+            q.add(self.mem, [], [(addr, RX_BUF_SIZE)], addr)
+            added += 1
+        if added:
+            self.kick(q)
+        return added
+
+    def add_inbuf(self, q: DriverQueue, addr: int) -> None:
+        q.add(self.mem, [], [(addr, RX_BUF_SIZE)], addr)
+        self.kick(q)
+
+    def send_control(self, port_id: int, event: int, value: int) -> None:
+        """__send_control_msg: synchronous, the device answers before we return."""
+        if not self.multiport:
+            return
+        q = self.queues[3]
+        self.mem.write(self.ctrl_tx_buf, CONTROL_HEADER.pack(port_id, event, value))
+        q.add(self.mem, [(self.ctrl_tx_buf, CONTROL_HEADER.size)], [], "cpkt")
+        self.kernel.machine.notify_device(self.dev, 3)
+        # Linux spins on get_buf; the device consumed it during the kick
+        # (or is broken, in which case Linux gives up too).
+        q.get_buf(self.mem)
+
+    # ------------------------------------------------------------ interrupts
+    def interrupt(self, queue: int) -> None:
+        if queue == 2:
+            self.control_work()
+        elif queue in (0,) or (queue >= 4 and queue % 2 == 0):
+            port = self.ports.get(0 if queue == 0 else (queue - 2) // 2)
+            if port is not None:
+                self.in_intr(port)
+        # tx and control-tx completions are reclaimed lazily, as Linux does.
+
+    def control_work(self) -> None:
+        q = self.queues.get(2)
+        if q is None:
+            return
+        while (got := q.get_buf(self.mem)) is not None:
+            addr, length = got
+            length = min(length, RX_BUF_SIZE)
+            self.handle_control_message(self.mem.read(addr, length))
+            self.add_inbuf(q, addr)
+
+    def handle_control_message(self, buf: bytes) -> None:
+        if len(buf) < CONTROL_HEADER.size:
+            return
+        port_id, event, value = CONTROL_HEADER.unpack_from(buf)
+        port = self.ports.get(port_id)
+        if port is None and event != Event.PORT_ADD:
+            self.warnings.append(f"Invalid index {port_id} in control packet")
+            return
+        if event == Event.PORT_ADD:
+            if port is not None:
+                self.send_control(port.id, Event.PORT_READY, 1)
+                return
+            if port_id >= self.max_nr_ports:
+                self.warnings.append(
+                    f"Request for adding port with out-of-bound id {port_id}, "
+                    f"max. supported id: {self.max_nr_ports - 1}"
+                )
+                return
+            self.add_port(port_id)
+        elif event == Event.PORT_REMOVE:
+            assert port is not None
+            self.unplug_port(port)
+        elif event == Event.CONSOLE_PORT:
+            assert port is not None
+            if value and not port.is_console:
+                self.kernel.init_port_console(port)
+        elif event == Event.PORT_OPEN:
+            assert port is not None
+            port.host_connected = bool(value)
+            self.reclaim_consumed_buffers(port)
+        elif event == Event.PORT_NAME:
+            assert port is not None
+            if port.name is not None:
+                return
+            raw = buf[CONTROL_HEADER.size :]
+            port.name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            self.kernel.port_named(port)
+        # RESIZE and unknown events: nothing for a non-console view.
+
+    def add_port(self, port_id: int) -> None:
+        port = GuestPort(self, port_id)
+        # Buffers may still sit in the ring from an earlier port at this id
+        # (we leave them posted on removal); those count as filled.
+        posted = port.in_vq.num - port.in_vq.num_free
+        added = self.fill_queue(port.in_vq)
+        if not added and not posted:
+            self.send_control(port_id, Event.PORT_READY, 0)
+            self.warnings.append(f"Error allocating inbufs for port {port_id}")
+            return
+        self.ports[port_id] = port
+        self.kernel.port_added(port)
+        if not self.multiport:
+            self.kernel.init_port_console(port)
+        self.send_control(port_id, Event.PORT_READY, 1)
+
+    def unplug_port(self, port: GuestPort) -> None:
+        del self.ports[port.id]
+        port.guest_connected = False
+        port.host_connected = False
+        port.removed = True
+        self.discard_port_data(port)
+        self.reclaim_consumed_buffers(port)
+        self.kernel.port_removed(port)
+
+    # ------------------------------------------------------------------ data
+    def get_inbuf(self, port: GuestPort) -> list[int] | None:
+        got = port.in_vq.get_buf(self.mem)
+        if got is None:
+            return None
+        addr, length = got
+        length = min(length, RX_BUF_SIZE)
+        port.bytes_received += length
+        return [addr, length, 0]
+
+    def in_intr(self, port: GuestPort) -> None:
+        if port.inbuf is None:
+            port.inbuf = self.get_inbuf(port)
+        if not port.guest_connected:
+            self.discard_port_data(port)
+
+    def discard_port_data(self, port: GuestPort) -> None:
+        buf = port.inbuf if port.inbuf is not None else self.get_inbuf(port)
+        while buf is not None:
+            port.bytes_discarded += buf[1] - buf[2]
+            port.inbuf = None
+            self.add_inbuf(port.in_vq, buf[0])
+            buf = self.get_inbuf(port)
+        port.inbuf = None
+
+    def port_has_data(self, port: GuestPort) -> bool:
+        if port.inbuf is None:
+            port.inbuf = self.get_inbuf(port)
+        return port.inbuf is not None
+
+    def fill_readbuf(self, port: GuestPort, count: int) -> bytes:
+        out = bytearray()
+        while count > 0 and self.port_has_data(port):
+            buf = port.inbuf
+            assert buf is not None
+            addr, length, offset = buf
+            n = min(count, length - offset)
+            out += self.mem.view(addr + offset, n)
+            buf[2] = offset + n
+            count -= n
+            if buf[2] >= length:
+                port.inbuf = None
+                self.add_inbuf(port.in_vq, addr)
+        return bytes(out)
+
+    def reclaim_consumed_buffers(self, port: GuestPort) -> None:
+        q = port.out_vq
+        while (got := q.get_buf(self.mem)) is not None:
+            self.kernel.kmalloc.free(got[0])
+            port.outvq_full = False
+
+    def will_write_block(self, port: GuestPort) -> bool:
+        if not port.guest_connected:
+            return False  # unplugged: the write fails instead
+        if not port.host_connected:
+            return True
+        self.reclaim_consumed_buffers(port)
+        return port.outvq_full
+
+    def send_to_port(self, port: GuestPort, data: bytes | memoryview, nonblock: bool = True) -> int:
+        """__send_to_port: one readable buffer, kick, and (for consoles) wait."""
+        self.reclaim_consumed_buffers(port)
+        count = len(data)
+        addr = self.kernel.kmalloc.alloc(count)
+        self.mem.write(addr, data)
+        q = port.out_vq
+        try:
+            q.add(self.mem, [(addr, count)], [], addr)
+        except GuestOSError:
+            self.kernel.kmalloc.free(addr)
+            self.kick(q)
+            return 0
+        if q.num_free == 0:
+            port.outvq_full = True
+        self.kick(q)
+        port.bytes_sent += count
+        if not nonblock:
+            # put_chars spins until the host has the buffer back.
+            self.reclaim_consumed_buffers(port)
+        return count
+
+
+class GuestFile:
+    """An open file descriptor of a guest program."""
+
+    def __init__(self, kernel: GuestKernel, path: str, port: GuestPort, console: bool) -> None:
+        self.kernel = kernel
+        self.path = path
+        self.port = port
+        self.console = console
+        self.closed = False
+
+    def _check(self) -> None:
+        if self.closed:
+            raise _oserror(errno.EBADF, self.path)
+
+    def read(self, count: int = 65536) -> bytes:
+        """Bytes that have arrived; b"" at EOF (host closed, nothing left);
+        EAGAIN when the host is connected but nothing has arrived."""
+        self._check()
+        port = self.port
+        dev = port.portdev
+        if port.removed:
+            return b""
+        if not dev.port_has_data(port):
+            if not port.host_connected and not self.console:
+                return b""
+            raise _oserror(errno.EAGAIN, self.path)
+        data = dev.fill_readbuf(port, count)
+        self.kernel.machine.pump()
+        return data
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Write up to 32 KiB; EAGAIN while the host is closed or the ring is
+        full, ENODEV once the port is gone."""
+        self._check()
+        port = self.port
+        if port.removed:
+            raise _oserror(errno.ENODEV, self.path)
+        if not data:
+            return 0
+        dev = port.portdev
+        if self.console:
+            data = memoryview(data)[: PAGE_SIZE]
+            n = dev.send_to_port(port, data, nonblock=False)
+            self.kernel.machine.pump()
+            return n
+        if dev.will_write_block(port):
+            raise _oserror(errno.EAGAIN, self.path)
+        n = dev.send_to_port(port, memoryview(data)[:MAX_WRITE])
+        self.kernel.machine.pump()
+        if n == 0:
+            raise _oserror(errno.EAGAIN, self.path)
+        return n
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.kernel.release(self)
+
+    def __enter__(self) -> GuestFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class GuestKernel:
+    """The guest OS: drivers, device nodes, sysfs and the file API."""
+
+    def __init__(self, machine: Machine, kmalloc_base: int = 1 << 20) -> None:
+        self.machine = machine
+        self.mem = machine.mem
+        self.kmalloc = Kmalloc(kmalloc_base, machine.mem.size)
+        self.portdevs: dict[int, PortsDevice] = {}
+        self.nodes: dict[str, GuestPort] = {}  # /dev/vport0p1 -> port
+        self.hvcs: dict[int, GuestPort] = {}
+        self.links: dict[str, str] = {}  # /dev/virtio-ports/<name> -> ../vport0p1
+        self.open_files: list[GuestFile] = []
+        self.booted = False
+        self.log: list[str] = []
+
+    # ------------------------------------------------------------ bring-up
+    def boot(self) -> None:
+        self.booted = True
+        for dev in self.machine.devices:
+            self.probe(dev)
+
+    def probe(self, dev: VirtIOSerial) -> None:
+        pd = PortsDevice(self, dev)
+        self.portdevs[dev.index] = pd
+        try:
+            pd.probe()
+        except GuestOSError as err:
+            self.log.append(f"virtio_console virtio{dev.index}: probe failed: {err}")
+            del self.portdevs[dev.index]
+
+    def interrupt(self, dev: VirtIOSerial, queue: int) -> None:
+        pd = self.portdevs.get(dev.index)
+        if pd is not None and pd.probed:
+            pd.interrupt(queue)
+
+    # ------------------------------------------------- udev / sysfs side
+    def port_added(self, port: GuestPort) -> None:
+        self.nodes[f"/dev/{port.node}"] = port
+
+    def port_named(self, port: GuestPort) -> None:
+        if port.name:
+            self.links[f"/dev/virtio-ports/{port.name}"] = f"../{port.node}"
+
+    def init_port_console(self, port: GuestPort) -> None:
+        n = 0
+        while n in self.hvcs:
+            n += 1
+        port.hvc = n
+        self.hvcs[n] = port
+        port.guest_connected = True
+        port.portdev.send_control(port.id, Event.PORT_OPEN, 1)
+
+    def port_removed(self, port: GuestPort) -> None:
+        self.nodes.pop(f"/dev/{port.node}", None)
+        if port.name:
+            link = f"/dev/virtio-ports/{port.name}"
+            if self.links.get(link) == f"../{port.node}":
+                del self.links[link]
+        if port.hvc is not None:
+            self.hvcs.pop(port.hvc, None)
+
+    # --------------------------------------------------------- file system
+    def resolve(self, path: str) -> str:
+        if path in self.links:
+            return "/dev/" + self.links[path].removeprefix("../")
+        return path
+
+    def listdir(self, path: str) -> list[str]:
+        path = path.rstrip("/")
+        if path == "/dev/virtio-ports":
+            return sorted(p.rsplit("/", 1)[1] for p in self.links)
+        if path in ("/sys/class/virtio-ports", "/sys/kernel/virtio-ports"):
+            return sorted(p.node for p in self.all_ports())
+        if path == "/dev":
+            names = [p.rsplit("/", 1)[1] for p in self.nodes] + [f"hvc{n}" for n in self.hvcs]
+            if self.links:
+                names.append("virtio-ports")
+            return sorted(names)
+        raise _oserror(errno.ENOENT, path)
+
+    def readlink(self, path: str) -> str:
+        if path in self.links:
+            return self.links[path]
+        raise _oserror(errno.EINVAL if path in self.nodes else errno.ENOENT, path)
+
+    def read_text(self, path: str) -> str:
+        """sysfs: /sys/class/virtio-ports/vport0p1/name (and the original
+        series' /sys/kernel/virtio-ports/ spelling)."""
+        for prefix in ("/sys/class/virtio-ports/", "/sys/kernel/virtio-ports/"):
+            if path.startswith(prefix) and path.endswith("/name"):
+                node = path[len(prefix) : -len("/name")]
+                port = self.nodes.get(f"/dev/{node}")
+                if port is not None and port.name is not None:
+                    return port.name + "\n"
+        raise _oserror(errno.ENOENT, path)
+
+    def all_ports(self) -> Iterator[GuestPort]:
+        for pd in self.portdevs.values():
+            yield from pd.ports.values()
+
+    def ports(self) -> list[GuestPortInfo]:
+        return [
+            GuestPortInfo(
+                path=f"/dev/{p.node}",
+                name=p.name,
+                id=p.id,
+                device=p.portdev.index,
+                console=f"/dev/hvc{p.hvc}" if p.hvc is not None else None,
+                open=p.guest_connected,
+                host_connected=p.host_connected,
+            )
+            for p in sorted(self.all_ports(), key=lambda p: (p.portdev.index, p.id))
+        ]
+
+    def open(self, path: str) -> GuestFile:
+        """open(2) on a port node, a virtio-ports link or an hvc console."""
+        real = self.resolve(path)
+        if real.startswith("/dev/hvc") and real[8:].isdigit():
+            port = self.hvcs.get(int(real[8:]))
+            if port is None:
+                raise _oserror(errno.ENODEV, path)
+            f = GuestFile(self, path, port, console=True)
+            self.open_files.append(f)
+            return f
+        port = self.nodes.get(real)
+        if port is None:
+            raise _oserror(errno.ENOENT, path)
+        if port.is_console:
+            raise _oserror(errno.ENXIO, path)  # port_fops_open
+        if port.guest_connected:
+            raise _oserror(errno.EBUSY, path)
+        port.guest_connected = True
+        pd = port.portdev
+        pd.reclaim_consumed_buffers(port)
+        pd.send_control(port.id, Event.PORT_OPEN, 1)
+        f = GuestFile(self, path, port, console=False)
+        self.open_files.append(f)
+        self.machine.pump()
+        return f
+
+    def release(self, f: GuestFile) -> None:
+        if f in self.open_files:
+            self.open_files.remove(f)
+        port = f.port
+        if f.console or port.removed:
+            return
+        pd = port.portdev
+        pd.send_control(port.id, Event.PORT_OPEN, 0)
+        port.guest_connected = False
+        pd.discard_port_data(port)
+        pd.reclaim_consumed_buffers(port)
+        self.machine.pump()
+
+    def emergency_write(self, dev_index: int, byte: int) -> None:
+        """The early console path: write one byte through emerg_wr."""
+        pd = self.portdevs[dev_index]
+        pd.dev.write_config(8, int(byte & 0xFF).to_bytes(4, "little"))
+        self.machine.pump()

@@ -1,0 +1,306 @@
+"""A machine: guest RAM, virtio-serial devices, chardevs and the guest.
+
+The machine is the thin shell around the sans-IO core.  It owns what QEMU's
+qdev owns (device ids, bus names, the default-bus rule), routes guest kicks
+to devices and device interrupts to the guest, and turns device effects into
+QMP events and error reports.  It does no I/O of its own: ``pump()`` runs the
+guest's interrupt handlers until nothing is pending.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import qdev
+from .chardev import Chardev, MemoryChardev, NullChardev
+from .control import BAD_ID
+from .device import DEFAULT_MAX_PORTS, TRANSPORT_DRIVERS, VirtIOSerial
+from .effects import ConfigInterrupt, ErrorReport, Interrupt, QmpEvent
+from .errors import ConfigError
+from .guest import GuestKernel
+from .memory import DEFAULT_RAM_SIZE, GuestMemory
+from .ports import BUILTIN_PORT_TYPES, VirtIOSerialPort
+from .trace import Trace
+
+
+class Machine:
+    def __init__(
+        self,
+        ram_size: int = DEFAULT_RAM_SIZE,
+        *,
+        name: str | None = None,
+        trace: Trace | None = None,
+        port_types: dict[str, type[VirtIOSerialPort]] | None = None,
+    ) -> None:
+        self.mem = GuestMemory(ram_size)
+        self.name = name
+        self.trace = trace if trace is not None else Trace()
+        self.port_types = dict(port_types if port_types is not None else BUILTIN_PORT_TYPES)
+        self.devices: list[VirtIOSerial] = []
+        self.chardevs: dict[str, Chardev] = {}
+        self.qdev_ids: dict[str, VirtIOSerial | VirtIOSerialPort] = {}
+        self._anon_count = 0
+        self._bus_auto_ids = 0
+        self.running = True
+        self.events: list[QmpEvent] = []
+        self.error_log: list[str] = []
+        self.event_listeners: list[Callable[[QmpEvent], None]] = []
+        self.guest = GuestKernel(self)
+        self._pending: deque[tuple[VirtIOSerial, int]] = deque()
+        self._pending_set: set[tuple[int, int]] = set()
+        self._pumping = False
+
+    # ---------------------------------------------------------------- chardevs
+    def chardev_add(self, chardev: Chardev) -> Chardev:
+        if chardev.id in self.chardevs:
+            raise ConfigError(f"attempt to add duplicate property '{chardev.id}' to object (type 'container')")
+        self.chardevs[chardev.id] = chardev
+        return chardev
+
+    def chardev_remove(self, chardev_id: str) -> None:
+        chr_ = self.chardevs.get(chardev_id)
+        if chr_ is None:
+            raise ConfigError(f"Chardev '{chardev_id}' not found")
+        if chr_.in_use:
+            raise ConfigError(f"Chardev '{chardev_id}' is busy")
+        del self.chardevs[chardev_id]
+
+    # ------------------------------------------------------------------ buses
+    def find_bus(self, name: str) -> VirtIOSerial | None:
+        for dev in self.devices:
+            if dev.bus_name == name:
+                return dev
+        return None
+
+    def port(self, qdev_id: str) -> VirtIOSerialPort:
+        obj = self.qdev_ids.get(qdev_id)
+        if not isinstance(obj, VirtIOSerialPort):
+            raise ConfigError(f"Device '{qdev_id}' not found")
+        return obj
+
+    # ------------------------------------------------------------ device_add
+    def device_add(self, props: dict[str, Any], *, from_json: bool = False) -> VirtIOSerial | VirtIOSerialPort:
+        """Create a device the way ``qdev_device_add`` does.  Raises
+        ConfigError with QEMU's message; on error nothing has changed."""
+        props = dict(props)
+        driver = props.pop("driver", None)
+        if driver is None:
+            raise ConfigError("Parameter 'driver' is missing")
+        qdev_id = props.pop("id", None)
+        if qdev_id is not None:
+            qdev_id = qdev.check_id(qdev_id)
+        if driver in TRANSPORT_DRIVERS:
+            return self._add_serial_device(driver, qdev_id, props, from_json)
+        cls = self.port_types.get(driver)
+        if cls is None:
+            raise ConfigError(f"'{driver}' is not a valid device model name")
+        return self._add_port(cls, qdev_id, props, from_json)
+
+    def _check_free_id(self, qdev_id: str | None) -> None:
+        if qdev_id is not None and qdev_id in self.qdev_ids:
+            raise ConfigError(f"Duplicate device ID '{qdev_id}'")
+
+    def _add_serial_device(
+        self, driver: str, qdev_id: str | None, props: dict[str, Any], from_json: bool
+    ) -> VirtIOSerial:
+        values: dict[str, Any] = {"max_ports": DEFAULT_MAX_PORTS, "emergency-write": True}
+        for key, raw in props.items():
+            kind = qdev.SERIAL_DEVICE_PROPERTIES.get(key)
+            if kind is None or key == "bus":
+                if key == "bus":
+                    raise ConfigError(f"Bus '{raw}' not found")
+                raise ConfigError(f"Property '{driver}.{key}' not found")
+            values[key] = qdev.convert(key, kind, raw, from_json=from_json)
+        self._check_free_id(qdev_id)
+        if qdev_id is not None:
+            bus_name = f"{qdev_id}.0"
+            auto = False
+        else:
+            bus_name = f"virtio-serial-bus.{self._bus_auto_ids}"
+            auto = True
+        dev = VirtIOSerial(
+            self.mem,
+            bus_name=bus_name,
+            qdev_id=qdev_id,
+            driver=driver,
+            max_ports=values["max_ports"],
+            emergency_write=values["emergency-write"],
+            trace=self.trace,
+            siblings=self.devices,
+            index=len(self.devices),
+        )
+        dev.vm_running = self.running
+        if auto:
+            self._bus_auto_ids += 1
+        self.devices.append(dev)
+        if qdev_id is not None:
+            self.qdev_ids[qdev_id] = dev
+        if self.guest.booted:
+            self.guest.probe(dev)  # PCI hot-plug: the guest binds the driver
+        self.pump()
+        return dev
+
+    def _add_port(
+        self, cls: type[VirtIOSerialPort], qdev_id: str | None, props: dict[str, Any], from_json: bool
+    ) -> VirtIOSerialPort:
+        driver = cls.driver
+        bus_name = props.pop("bus", None)
+        if bus_name is not None:
+            if from_json and not isinstance(bus_name, str):
+                raise ConfigError("Invalid parameter type for 'bus', expected: string")
+            dev = self.find_bus(bus_name)
+            if dev is None:
+                raise ConfigError(f"Bus '{bus_name}' not found")
+        else:
+            if not self.devices:
+                raise ConfigError(f"No 'virtio-serial-bus' bus found for device '{driver}'")
+            dev = self.devices[-1]
+        kwargs: dict[str, Any] = {"nr": BAD_ID}
+        for key, raw in props.items():
+            kind = qdev.PORT_PROPERTIES.get(key) or cls.extra_properties.get(key)
+            if kind is None:
+                raise ConfigError(f"Property '{driver}.{key}' not found")
+            value = qdev.convert(key, kind, raw, from_json=from_json)
+            if key == "chardev":
+                chr_ = self.chardevs.get(value)
+                if chr_ is None:
+                    raise ConfigError(f"Property '{driver}.chardev' can't find value '{value}'")
+                if chr_.in_use:
+                    raise ConfigError(
+                        f"Property '{driver}.chardev' can't take value '{value}': Device '{value}' is in use"
+                    )
+                value = chr_
+            kwargs[key] = value
+        self._check_free_id(qdev_id)
+        port = cls(qdev_id=qdev_id, **kwargs)
+        dev.plug(port)
+        if qdev_id is not None:
+            self.qdev_ids[qdev_id] = port
+        else:
+            self._anon_count += 1
+            port.anon_index = self._anon_count  # type: ignore[attr-defined]
+        self.pump()
+        return port
+
+    def device_del(self, qdev_id: str) -> None:
+        obj = self.qdev_ids.get(qdev_id)
+        if obj is None:
+            raise ConfigError(f"Device '{qdev_id}' not found")
+        if isinstance(obj, VirtIOSerial):
+            raise ConfigError(f"Bus '{obj.bus_name}' does not support hotplugging")
+        assert obj.device is not None
+        obj.device.unplug(obj)
+        del self.qdev_ids[qdev_id]
+        self._event(QmpEvent("DEVICE_DELETED", {"device": qdev_id, "path": f"/machine/peripheral/{qdev_id}"}))
+        self.pump()
+
+    # ----------------------------------------------------------- guest face
+    def boot(self) -> None:
+        """Start the guest: its driver probes every virtio-serial device."""
+        if not self.guest.booted:
+            self.guest.boot()
+        self.pump()
+
+    def notify_device(self, dev: VirtIOSerial, queue: int) -> None:
+        """A guest kick, delivered synchronously as a vCPU exit would be."""
+        dev.kick(queue)
+        self._collect(dev)
+
+    # ------------------------------------------------------------ run state
+    def stop(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        for dev in self.devices:
+            dev.vm_running = False
+        self._event(QmpEvent("STOP", {}))
+
+    def cont(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        for dev in self.devices:
+            dev.vm_running = True
+        self._event(QmpEvent("RESUME", {}))
+        self.pump()
+        for chr_ in self.chardevs.values():
+            chr_.accept_input()
+        self.pump()
+
+    # --------------------------------------------------------------- effects
+    def _event(self, ev: QmpEvent) -> None:
+        self.events.append(ev)
+        for listener in list(self.event_listeners):
+            listener(ev)
+
+    def _collect(self, dev: VirtIOSerial) -> None:
+        for eff in dev.take_effects():
+            if isinstance(eff, Interrupt):
+                key = (dev.index, eff.queue)
+                if key not in self._pending_set:
+                    self._pending_set.add(key)
+                    self._pending.append((dev, eff.queue))
+            elif isinstance(eff, QmpEvent):
+                self._event(eff)
+            elif isinstance(eff, ErrorReport):
+                self.error_log.append(eff.message)
+            elif isinstance(eff, ConfigInterrupt):
+                pass  # the Linux driver only acts on resize, which QEMU never sends
+
+    def pump(self) -> None:
+        """Run guest interrupt handlers until nothing is pending."""
+        for dev in self.devices:
+            self._collect(dev)
+        if self._pumping or not self.running:
+            return
+        self._pumping = True
+        try:
+            while self._pending:
+                dev, queue = self._pending.popleft()
+                self._pending_set.discard((dev.index, queue))
+                self.guest.interrupt(dev, queue)
+                for d in self.devices:
+                    self._collect(d)
+        finally:
+            self._pumping = False
+
+    # ------------------------------------------------------ host programs
+    def host_chardev(self, chardev_id: str) -> MemoryChardev:
+        chr_ = self.chardevs.get(chardev_id)
+        if not isinstance(chr_, MemoryChardev):
+            raise ConfigError(f"Chardev '{chardev_id}' not found")
+        return chr_
+
+    def host_send(self, chardev_id: str, data: bytes) -> int:
+        n = self.host_chardev(chardev_id).send(data)
+        self.pump()
+        return n
+
+    def host_receive(self, chardev_id: str) -> bytes:
+        return self.host_chardev(chardev_id).take()
+
+    def host_connect(self, chardev_id: str) -> None:
+        self.host_chardev(chardev_id).connect()
+        self.pump()
+
+    def host_disconnect(self, chardev_id: str) -> None:
+        self.host_chardev(chardev_id).disconnect()
+        self.pump()
+
+    def host_grant(self, chardev_id: str, nbytes: int | None) -> None:
+        """A slow host reader reads ``nbytes`` more (None: full speed)."""
+        self.host_chardev(chardev_id).grant(nbytes)
+        self.pump()
+
+    def describe(self) -> list[dict[str, object]]:
+        return [dev.describe() for dev in self.devices]
+
+
+def memory_chardev(chardev_id: str, **kw: Any) -> MemoryChardev:
+    return MemoryChardev(chardev_id, **kw)
+
+
+def null_chardev(chardev_id: str) -> NullChardev:
+    return NullChardev(chardev_id)

@@ -1,0 +1,131 @@
+"""qdev-style device creation: option strings, typed properties, buses.
+
+This is the layer QEMU's ``-device`` and ``device_add`` share.  Values come
+either as strings (the command line, QEMU's keyval visitor) or as JSON
+scalars (QMP); both are converted with QEMU's checks and messages:
+
+* ``Parameter 'nr' expects integer`` / ``... expects uint32_t`` (string form)
+* ``Invalid parameter type for 'nr', expected: integer`` (JSON form)
+* ``Parameter 'emergency-write' expects 'on' or 'off'``
+* ``Property 'virtserialport.foo' not found``
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import ConfigError
+
+_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*\Z")
+
+_INT_LIMITS = {"uint8": (0, 0xFF), "uint16": (0, 0xFFFF), "uint32": (0, 0xFFFFFFFF), "uint64": (0, 2**64 - 1)}
+
+
+def parse_opts(text: str, implied_key: str = "driver") -> dict[str, str]:
+    """Parse a QemuOpts string: ``a,b=c,d=e,,f`` (``,,`` is a literal comma).
+
+    The first element may omit its key (``implied_key``).  A bare ``key``
+    later on means ``key=on``, as QEMU's opts parser does.
+    """
+    parts: list[str] = []
+    cur: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == ",":
+            if i + 1 < len(text) and text[i + 1] == ",":
+                cur.append(",")
+                i += 2
+                continue
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    opts: dict[str, str] = {}
+    for n, part in enumerate(parts):
+        if "=" in part:
+            key, value = part.split("=", 1)
+        elif n == 0 and implied_key:
+            key, value = implied_key, part
+        elif part.startswith("no") and len(part) > 2:
+            key, value = part[2:], "off"
+        else:
+            key, value = part, "on"
+        if not key:
+            raise ConfigError("Invalid parameter ''")
+        opts[key] = value
+    return opts
+
+
+def check_id(value: Any) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ConfigError("Parameter 'id' expects an identifier")
+    return value
+
+
+def _strtou64(text: str) -> int | None:
+    """qemu_strtou64 with base 0: decimal, 0x hex, leading-0 octal; a minus
+    sign wraps like strtoull."""
+    s = text.strip()
+    neg = s.startswith("-")
+    if neg or s.startswith("+"):
+        s = s[1:]
+    try:
+        if s.lower().startswith("0x"):
+            v = int(s[2:], 16)
+        elif len(s) > 1 and s.startswith("0"):
+            v = int(s[1:], 8)
+        else:
+            if not s.isdigit():
+                return None
+            v = int(s, 10)
+    except ValueError:
+        return None
+    if v >= 2**64:
+        return None
+    return (-v) % 2**64 if neg else v
+
+
+def convert(name: str, kind: str, value: Any, *, from_json: bool) -> Any:
+    """Convert one property value the way QEMU's visitors do."""
+    if kind in _INT_LIMITS:
+        lo, hi = _INT_LIMITS[kind]
+        if from_json:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"Invalid parameter type for '{name}', expected: integer")
+            v = value
+            if v < 0:
+                raise ConfigError(f"Parameter '{name}' expects {kind}_t")
+        else:
+            parsed = _strtou64(str(value))
+            if parsed is None:
+                raise ConfigError(f"Parameter '{name}' expects integer")
+            v = parsed
+        if not lo <= v <= hi:
+            raise ConfigError(f"Parameter '{name}' expects {kind}_t")
+        return v
+    if kind == "bool":
+        if from_json:
+            if not isinstance(value, bool):
+                raise ConfigError(f"Invalid parameter type for '{name}', expected: boolean")
+            return value
+        text = str(value)
+        if text in ("on", "yes", "true", "y"):
+            return True
+        if text in ("off", "no", "false", "n"):
+            return False
+        raise ConfigError(f"Parameter '{name}' expects 'on' or 'off'")
+    if kind == "str":
+        if from_json and not isinstance(value, str):
+            raise ConfigError(f"Invalid parameter type for '{name}', expected: string")
+        return str(value)
+    raise ValueError(f"unknown property kind {kind}")
+
+
+# Properties of the bus device, by name -> kind.
+SERIAL_DEVICE_PROPERTIES = {"max_ports": "uint32", "emergency-write": "bool", "bus": "str"}
+# Properties every port type has (virtio-serial-port), plus virtio-console's chardev.
+PORT_PROPERTIES = {"nr": "uint32", "name": "str", "chardev": "str", "bus": "str"}
