@@ -1,0 +1,44 @@
+"""The ``vserial`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _state_registry() -> object:
+    """The emulator's state descriptions, once it declares them."""
+    try:
+        from .state import registry
+    except ImportError:
+        return None
+    return registry()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="vserial",
+        description="Emulate QEMU's virtio-serial bus with a simulated Linux guest.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="boot a machine, move data, hot-plug, and show the ports")
+    demo.add_argument("--trace", action="store_true", help="print the virtio_serial_* trace")
+    sub.add_parser("vmstate", help="inspect and check state streams (vserial vmstate --help)", add_help=False)
+
+    if args and args[0] == "vmstate":
+        from vmstate.cli import main as vmstate_main
+
+        return vmstate_main(args[1:], registry=_state_registry())
+    ns = parser.parse_args(args)
+    if ns.command == "demo":
+        from .demo import run_demo
+
+        run_demo(show_trace=ns.trace)
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
