@@ -395,11 +395,12 @@ class _RecordDecoder:
             if raw.__class__ is not list:
                 raise _Bad(f"expected a {d.name} record (array), got {_kind(raw)}")
             extra = None
-            if len(raw) != n:
-                if len(raw) == n + 1 and raw[n].__class__ is dict:
-                    extra = raw[n]
-                else:
-                    raise _Bad(f"a version {version} {d.name} record has {n} fields, got {len(raw)}")
+            count = len(raw)
+            if count and raw[-1].__class__ is dict:  # no field encodes as a map
+                extra = raw[-1]
+                count -= 1
+            if count != n:
+                raise _Bad(f"a version {version} {d.name} record has {n} fields, got {count}")
             try:
                 values = {a: dec(v, versions) for (a, dec, _), v in zip(triples, raw)}
             except _Bad:
