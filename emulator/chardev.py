@@ -6,9 +6,11 @@ The contract is QEMU's chardev front end, reduced to what virtio-serial uses:
   blocks; fewer bytes than offered means "throttle me"), ``set_fe_open``
   tells the backend the guest opened or closed the port, ``accept_input``
   says the guest has room again.
-* back -> front (``ChardevFrontend``): ``chr_can_read``/``chr_read`` push host
-  data within what the guest can take, ``chr_event(opened)`` reports the host
-  program connecting or leaving, ``chr_write_unblocked`` ends throttling.
+* back -> front (``ChardevFrontend``): ``chr_can_read`` says how much the
+  guest can take, ``chr_read(data)`` offers host data and returns how much
+  was taken (never more than the guest had room for; the backend keeps the
+  rest, nothing is lost), ``chr_event(opened)`` reports the host program
+  connecting or leaving, ``chr_write_unblocked`` ends throttling.
 
 ``MemoryChardev`` is a complete in-process backend: the host program is the
 caller, which reads what the guest wrote from ``received`` and queues bytes
@@ -23,7 +25,7 @@ from typing import Protocol
 class ChardevFrontend(Protocol):
     def chr_can_read(self) -> int: ...
 
-    def chr_read(self, data: bytes | memoryview) -> None: ...
+    def chr_read(self, data: bytes | memoryview) -> int: ...
 
     def chr_event(self, opened: bool) -> None: ...
 
@@ -97,7 +99,8 @@ class MemoryChardev(Chardev):
         super().__init__(chardev_id)
         self.be_open = connected
         self.received = bytearray()  # guest -> host, in order
-        self.outbox = bytearray()  # host -> guest, not yet taken by the guest
+        self._outbox = bytearray()  # host -> guest; bytes before _out_pos are taken
+        self._out_pos = 0
         self.window = window  # bytes the reader will take before it stalls
         self.keep = True  # False: count bytes, keep none (a sink for benches)
         self.received_count = 0
@@ -133,24 +136,34 @@ class MemoryChardev(Chardev):
         if self.frontend is not None:
             self.frontend.chr_write_unblocked()
 
-    def send(self, data: bytes) -> int:
+    @property
+    def pending(self) -> int:
+        """Host -> guest bytes the guest has not taken yet."""
+        return len(self._outbox) - self._out_pos
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue host -> guest bytes; returns how many the guest took now."""
-        self.outbox += data
+        self._outbox += data
         return self.pump()
 
     def pump(self) -> int:
         fe = self.frontend
-        if fe is None or not self.be_open:
+        if fe is None or not self.be_open or self._out_pos == len(self._outbox):
             return 0
         moved = 0
-        while self.outbox:
-            room = fe.chr_can_read()
-            if room <= 0:
-                break
-            chunk = bytes(self.outbox[:room])
-            fe.chr_read(chunk)
-            del self.outbox[: len(chunk)]
-            moved += len(chunk)
+        with memoryview(self._outbox) as view:
+            while self._out_pos < len(view):
+                n = fe.chr_read(view[self._out_pos :])
+                if n <= 0:
+                    break
+                self._out_pos += n
+                moved += n
+        if self._out_pos == len(self._outbox):
+            self._outbox.clear()
+            self._out_pos = 0
+        elif self._out_pos > (1 << 20):
+            del self._outbox[: self._out_pos]
+            self._out_pos = 0
         return moved
 
     def accept_input(self) -> None:

@@ -310,15 +310,19 @@ class VirtIOSerial:
             return 0
         if self.multiport and not port.guest_connected:
             return 0
-        return vq.in_bytes_available(self.mem, 1 << 20)
+        # QEMU sums every available buffer; a bounded walk answers the same
+        # question ("can the guest take data now, and about how much").
+        return vq.in_bytes_available(self.mem, 1 << 16)
 
     def port_write(self, port: VirtIOSerialPort, data: bytes | memoryview) -> int:
         """virtio_serial_write: copy into the guest's rx buffers; returns the
         bytes taken (the chardev keeps the rest)."""
-        if not port.host_connected or not port.guest_connected or not self.vm_running:
+        if not port.host_connected or not self.vm_running or self.broken:
+            return 0
+        if not port.guest_connected and (self.multiport or not port.is_console):
             return 0
         vq = self.queues[port.rx_queue]
-        if not vq.ready or not data:
+        if not vq.ready or not data or not self.status & STATUS_DRIVER_OK:
             return 0
         mem = self.mem
         size = len(data)

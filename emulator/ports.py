@@ -158,9 +158,10 @@ class VirtConsoleBase(VirtIOSerialPort):
         assert self.device is not None
         return self.device.port_guest_ready(self)
 
-    def chr_read(self, data: bytes | memoryview) -> None:
-        assert self.device is not None
-        self.device.port_write(self, data)
+    def chr_read(self, data: bytes | memoryview) -> int:
+        if self.device is None:
+            return 0
+        return self.device.port_write(self, data)
 
     def chr_event(self, opened: bool) -> None:
         if self.is_console or self.device is None:
