@@ -1,0 +1,124 @@
+"""`vserial vmstate dump|schema|check` through cli.main."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import vmstate_demo as demo
+
+from vmstate.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "fixtures" / "vmstate"
+STREAM = FIXTURES / "streams" / "format1-demo-bus-v3.vmstate"
+SIGNED = FIXTURES / "streams" / "format1-demo-bus-v3-hmac.vmstate"
+
+
+def test_dump_json_names_fields_and_summarizes_ram(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dump", str(STREAM), "--json"], demo.REGISTRY) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["header"]["producer"] == demo.PRODUCER
+    assert out["header"]["machine"]["max_ports"] == 31
+    assert out["trailer"]["hmac"] == "absent"
+    bus = out["items"][2]
+    assert (bus["name"], bus["instance_id"], bus["version"], bus["status"]) == ("demo-bus", 0, 3, "ok")
+    assert bus["fields"]["ports"][2]["held"] == {"head": 17, "iov_idx": 1, "iov_offset": 2048}
+    assert bus["fields"]["port_map"] == "0-2"
+    assert bus["fields"]["subsections"] == {"demo-bus/emergency": {"emerg_wr": 33}}
+    assert out["ram"]["ram"] == {"page_size": 4096, "total_pages": 64, "items": 2, "data_pages": 7, "zero_pages": 60}
+
+
+def test_dump_without_registry_shows_positional_values(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dump", str(STREAM), "--json"]) == 0
+    bus = json.loads(capsys.readouterr().out)["items"][2]
+    assert bus["status"] == "unknown section"
+    assert bus["fields"][0] == 31
+
+
+def test_dump_text_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dump", str(STREAM)], demo.REGISTRY) == 0
+    out = capsys.readouterr().out
+    for text in ("vmstate stream", "demo-bus", "host_connected", "zero pages sent", "org.qemu.guest_agent.0"):
+        assert text in out
+
+
+def test_dump_checks_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(demo.HMAC_KEY)
+    assert main(["dump", str(SIGNED), "--json", "--key-file", str(key)], demo.REGISTRY) == 0
+    assert json.loads(capsys.readouterr().out)["trailer"]["hmac"] == "verified"
+    key.write_bytes(b"wrong")
+    assert main(["dump", str(SIGNED), "--key-file", str(key)], demo.REGISTRY) == 1
+    assert "HMAC mismatch" in capsys.readouterr().err
+
+
+def test_dump_of_a_damaged_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.vmstate"
+    bad.write_bytes(STREAM.read_bytes()[:-5])
+    assert main(["dump", str(bad)], demo.REGISTRY) == 1
+    assert "truncated" in capsys.readouterr().err
+    assert main(["dump", str(tmp_path / "missing")]) == 1
+
+
+def test_schema_json_is_the_registry_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "--json"], demo.REGISTRY) == 0
+    assert json.loads(capsys.readouterr().out) == demo.REGISTRY.schema()
+    assert main(["schema"], demo.REGISTRY) == 0
+    out = capsys.readouterr().out
+    assert "demo-bus (section) version 3, minimum 1" in out and "translate" in out
+
+
+def test_check_of_compatible_schemas_is_silent(capsys: pytest.CaptureFixture[str]) -> None:
+    old, new = FIXTURES / "schema" / "demo-v1.json", FIXTURES / "schema" / "demo-v3.json"
+    assert main(["check", str(old), str(new)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_check_prints_one_line_per_problem_and_exits_with_their_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = json.loads((FIXTURES / "schema" / "demo-v3.json").read_text())
+    new = json.loads(json.dumps(old))
+    del new["descriptions"]["demo-clock"]
+    new["sections"].remove("demo-clock")
+    bus = new["descriptions"]["demo-bus"]
+    bus["minimum_version"] = 4
+    bus["version"] = 4
+    bus["fields"] = [f for f in bus["fields"] if f["name"] != "label"]
+    bus["subsections"] = []
+    new["descriptions"]["demo-port"]["fields"][1]["type"]["of"]["max_len"] = 8
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    status = main(["check", str(tmp_path / "old.json"), str(tmp_path / "new.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        'Section "demo-clock" does not exist in new',
+        "demo-bus: minimum_version 4 is above old version 3: old streams are refused",
+        "demo-bus/label: field removed (mark it dropped_after=3 instead)",
+        "demo-bus: subsection 'demo-bus/emergency' missing in new",
+        "demo-port/name: max_len lowered from 64 to 8",
+        "demo-port: fields changed without a version bump (still version 2)",
+    ]
+    assert status == len(lines)
+
+
+def test_check_caps_the_status_at_255(tmp_path: Path) -> None:
+    old = {"sections": [f"s{i}" for i in range(300)], "descriptions": {}}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps({"sections": [], "descriptions": {}}))
+    assert main(["check", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 255
+
+
+def test_check_refuses_files_that_are_not_schemas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.json").write_text("[]")
+    assert main(["check", str(tmp_path / "x.json"), str(tmp_path / "x.json")]) == 255
+    assert "not a vmstate schema" in capsys.readouterr().err
+    assert main(["check", os.devnull, str(tmp_path / "x.json")]) == 255
+
+
+def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
