@@ -78,13 +78,14 @@ class Chardev:
 
 
 class NullChardev(Chardev):
-    """``-chardev null``: always open, swallows everything, never sends."""
+    """``-chardev null``: swallows everything, never sends.
+
+    As in QEMU (null_chr_open sets ``be_opened = false``) it never reports
+    OPENED, so a virtserialport on it stays host-closed; a virtconsole is
+    host-open from realize on regardless.
+    """
 
     kind = "null"
-
-    def __init__(self, chardev_id: str) -> None:
-        super().__init__(chardev_id)
-        self.be_open = True
 
     def write(self, data: memoryview) -> int:
         return len(data)

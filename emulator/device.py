@@ -47,7 +47,16 @@ VIRTIO_QUEUE_MAX = 1024
 MAX_SUPPORTED_PORTS = VIRTIO_QUEUE_MAX // 2 - 1  # 511
 DEFAULT_MAX_PORTS = 31
 
-TRANSPORT_DRIVERS = ("virtio-serial-pci", "virtio-serial", "virtio-serial-device", "virtio-serial-ccw")
+# Driver names of the bus device -> the type QEMU reports in messages
+# ("virtio-serial" is an alias of virtio-serial-pci on PC machines).
+TRANSPORT_DRIVERS = {
+    "virtio-serial-pci": "virtio-serial-pci",
+    "virtio-serial": "virtio-serial-pci",
+    "virtio-serial-pci-transitional": "virtio-serial-pci-transitional",
+    "virtio-serial-pci-non-transitional": "virtio-serial-pci-non-transitional",
+    "virtio-serial-device": "virtio-serial-device",
+    "virtio-serial-ccw": "virtio-serial-ccw",
+}
 
 _CONFIG = struct.Struct("<HHII")  # cols, rows, max_nr_ports, emerg_wr
 

@@ -92,7 +92,7 @@ class Machine:
         if qdev_id is not None:
             qdev_id = qdev.check_id(qdev_id)
         if driver in TRANSPORT_DRIVERS:
-            return self._add_serial_device(driver, qdev_id, props, from_json)
+            return self._add_serial_device(TRANSPORT_DRIVERS[driver], qdev_id, props, from_json)
         cls = self.port_types.get(driver)
         if cls is None:
             raise ConfigError(f"'{driver}' is not a valid device model name")
@@ -106,11 +106,16 @@ class Machine:
         self, driver: str, qdev_id: str | None, props: dict[str, Any], from_json: bool
     ) -> VirtIOSerial:
         values: dict[str, Any] = {"max_ports": DEFAULT_MAX_PORTS, "emergency-write": True}
+        bus = props.pop("bus", None)
+        if bus is not None:
+            # The machine has one PCI bus, pci.0; virtio-serial buses take ports only.
+            if bus != "pci.0" or not driver.startswith("virtio-serial-pci"):
+                if self.find_bus(str(bus)) is not None:
+                    raise ConfigError(f"Device '{driver}' can't go on virtio-serial-bus bus")
+                raise ConfigError(f"Bus '{bus}' not found")
         for key, raw in props.items():
             kind = qdev.SERIAL_DEVICE_PROPERTIES.get(key)
-            if kind is None or key == "bus":
-                if key == "bus":
-                    raise ConfigError(f"Bus '{raw}' not found")
+            if kind is None:
                 raise ConfigError(f"Property '{driver}.{key}' not found")
             values[key] = qdev.convert(key, kind, raw, from_json=from_json)
         self._check_free_id(qdev_id)
@@ -152,6 +157,8 @@ class Machine:
                 raise ConfigError("Invalid parameter type for 'bus', expected: string")
             dev = self.find_bus(bus_name)
             if dev is None:
+                if bus_name == "pci.0":
+                    raise ConfigError(f"Device '{driver}' can't go on PCI bus")
                 raise ConfigError(f"Bus '{bus_name}' not found")
         else:
             if not self.devices:

@@ -126,6 +126,6 @@ def convert(name: str, kind: str, value: Any, *, from_json: bool) -> Any:
 
 
 # Properties of the bus device, by name -> kind.
-SERIAL_DEVICE_PROPERTIES = {"max_ports": "uint32", "emergency-write": "bool", "bus": "str"}
+SERIAL_DEVICE_PROPERTIES = {"max_ports": "uint32", "emergency-write": "bool"}
 # Properties every port type has (virtio-serial-port), plus virtio-console's chardev.
 PORT_PROPERTIES = {"nr": "uint32", "name": "str", "chardev": "str", "bus": "str"}
