@@ -88,7 +88,8 @@ def read_raw(
 ) -> RawStream:
     reader = StreamReader(source, key=key, limits=limits, check_eof=check_eof)
     items = list(reader)
-    assert reader.digest is not None
+    if reader.digest is None:  # the iteration above only ends at the trailer
+        raise CorruptStream("stream truncated (no trailer)")
     return RawStream(reader.header, items, reader.digest, reader.signed, reader.authenticated)
 
 

@@ -34,6 +34,8 @@ from .ram import DEFAULT_PAGE_SIZE, PageRun, page_runs
 
 __all__ = ["StreamWriter", "StreamReader"]
 
+_END = object()  # what _next_item returns for the trailer
+
 _MAX_RUNS_PER_ITEM = 4096
 
 
@@ -210,7 +212,10 @@ class StreamReader:
         self.authenticated = False  # True once an HMAC was checked with `key`
         self.signed = False  # the stream carries an HMAC
         self.finished = False
-        self.header = Header.from_cbor(self._next_item(first=True))
+        first = self._next_item(first=True)
+        if first is _END:
+            raise CorruptStream("stream has no header")
+        self.header = Header.from_cbor(first)
 
     def _exact(self, n: int) -> bytes:
         data = self._read(n)
@@ -237,7 +242,7 @@ class StreamReader:
         value = decode_payload(payload, self._limits)
         if value.__class__ is list and value and value[0] == KIND_END:
             self._finish(value)
-            return None
+            return _END
         self._sha.update(head)
         self._sha.update(payload)
         if self._mac is not None:
@@ -268,7 +273,7 @@ class StreamReader:
     def __iter__(self) -> Iterator[Any]:
         while not self.finished:
             value = self._next_item()
-            if value is None:
+            if value is _END:
                 return
             if value.__class__ is not list or not value or value[0] not in (KIND_SECTION, KIND_RAM):
                 raise CorruptStream("unknown item in stream")
