@@ -412,7 +412,7 @@ class _RecordDecoder:
                         raise
                 raise
             for alias, translate in translated:
-                values[alias] = _call(translate, values, version)  # type: ignore[arg-type]
+                values[alias] = _call(translate, values, version)
             if extra is not None:
                 for key, sub_raw in extra.items():
                     sub = subs.get(key)

@@ -50,7 +50,10 @@ KIND_END = "end"
 class Limits:
     """Hard limits for decoding untrusted streams."""
 
-    max_item_size: int = 16 << 20  # bytes of one encoded item
+    # Bytes of one encoded item. RAM items hold about 1 MiB of pages; a
+    # device section of a full 511-port bus is ~55 KB. The cap also bounds the
+    # memory a hostile item can make the decoder allocate.
+    max_item_size: int = 4 << 20
     max_depth: int = 16  # CBOR container nesting inside one item
     max_stream_size: int = 16 << 30  # bytes before the trailer
     max_items: int = 1 << 20
@@ -166,7 +169,7 @@ class _NoTags(Mapping[int, Any]):
     def __getitem__(self, tag: int) -> Any:
         return _refuse_tag
 
-    def get(self, tag: int, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, tag: int, default: Any = None) -> Any:
         return _refuse_tag
 
     def __contains__(self, tag: object) -> bool:

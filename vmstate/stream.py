@@ -69,8 +69,10 @@ class StreamWriter:
         machine: Mapping[str, Any] | None = None,
         key: bytes | None = None,
         ram_item_bytes: int = 1 << 20,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._write = _sink_writer(sink)
+        self._limits = limits
         self._sha = hashlib.sha256()
         self._mac = hmac.new(key, digestmod=hashlib.sha256) if key is not None else None
         self._ram_item_bytes = ram_item_bytes
@@ -89,6 +91,9 @@ class StreamWriter:
         if self.closed:
             raise ValueError("stream is closed")
         frame = encode_item(record)
+        if len(frame) > self._limits.max_item_size:
+            # Readers with the same limits would refuse it: fail now, at the writer.
+            raise ValueError(f"item of {len(frame)} bytes exceeds max_item_size {self._limits.max_item_size}")
         self._sha.update(frame)
         if self._mac is not None:
             self._mac.update(frame)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 import vmstate_demo as demo
@@ -62,7 +64,7 @@ def test_field_added_after_minimum_version_needs_nothing() -> None:
         ({"dropped_after": 2, "default": 0}, "dropped_after=2 must be within since..1"),
     ],
 )
-def test_field_versions_must_fit_the_description(kwargs: dict[str, int], message: str) -> None:
+def test_field_versions_must_fit_the_description(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(TypeError, match=message):
 
         @vmstate.describe(name="x", version=2)

@@ -292,3 +292,9 @@ def test_raw_stream_reader_yields_items_then_verifies() -> None:
     kinds = [item[0] for item in reader]
     assert kinds == ["ram", "ram", "section", "section", "section"]
     assert reader.finished and reader.digest is not None
+
+
+def test_writer_refuses_items_readers_would_refuse() -> None:
+    w = vmstate.StreamWriter(io.BytesIO(), producer="t", created=0, limits=vmstate.Limits(max_item_size=100))
+    with pytest.raises(ValueError, match="exceeds max_item_size 100"):
+        w.write_section(demo.sample_bus(3))
