@@ -58,8 +58,9 @@ class GuestMemory:
 
     # -- bulk access ----------------------------------------------------------
     def read(self, addr: int, length: int) -> bytes:
+        """A copy of guest RAM (immutable: later writes do not show)."""
         self._check(addr, length)
-        return self._ram[addr : addr + length]  # bytearray slice copy
+        return bytes(self._mv[addr : addr + length])
 
     def view(self, addr: int, length: int) -> memoryview:
         """A read-only zero-copy view of guest RAM."""
@@ -67,6 +68,8 @@ class GuestMemory:
         return self._mv[addr : addr + length].toreadonly()
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        if type(data) is memoryview and data.format != "B":
+            data = data.cast("B")  # len() must count bytes, not items
         n = len(data)
         self._check(addr, n)
         self._mv[addr : addr + n] = data
