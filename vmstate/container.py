@@ -192,15 +192,17 @@ _NO_TAGS = _NoTags()
 def decode_payload(payload: bytes, limits: Limits) -> Any:
     """Decodes exactly one item payload under the limits."""
     fp = io.BytesIO(payload)
+    # These options need cbor2 >= 6.1.1 (allow_duplicate_keys came in 6.1.0,
+    # and 6.1.1 fixed reading payloads over 4096 bytes from a file object).
+    decoder = cbor2.CBORDecoder(
+        fp,
+        max_depth=limits.max_depth,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+        semantic_decoders=_NO_TAGS,
+    )
     try:
-        decoder = cbor2.CBORDecoder(
-            fp,
-            max_depth=limits.max_depth,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-            semantic_decoders=_NO_TAGS,
-        )
         value = decoder.decode()
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
         raise CorruptStream(f"bad CBOR in item: {e}") from None
