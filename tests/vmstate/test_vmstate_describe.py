@@ -148,3 +148,12 @@ def test_schema_lists_sections_and_every_nested_description() -> None:
     }
     bus = schema["descriptions"]["demo-bus"]
     assert bus["subsections"] == [{"name": "demo-bus/emergency", "field": "emergency", "description": "demo-emergency"}]
+
+
+def test_vmstate_does_not_depend_on_the_emulator() -> None:
+    import pathlib
+    import re
+
+    package = pathlib.Path(vmstate.__file__).parent
+    for source in package.glob("*.py"):
+        assert not re.search(r"^\s*(from|import)\s+emulator\b", source.read_text(), re.M), source.name
