@@ -1,0 +1,24 @@
+"""The README's examples run as written, and its set-up commands are the
+ones CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_python_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks, "README has no python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    commands = re.findall(r"```sh\n(.*?)\n```", README, re.S)
+    assert "pip install -e . && vserial demo" in commands
+    assert "pip install -e '.[test]' && pytest" in commands
+    assert "pip install -e '.[test]' && pytest" in (ROOT / ".ci" / "run").read_text()
