@@ -51,7 +51,10 @@ class Kmalloc:
         return addr
 
     def free(self, addr: int) -> None:
-        b = self._sizes.pop(addr)
+        b = self._sizes.pop(addr, None)
+        if b is None:
+            # Linux would oops; the simulation says which free was wrong.
+            raise ValueError(f"kfree of 0x{addr:x}, which is not an allocated block")
         self._free.setdefault(b, []).append(addr)
         self.allocated -= 1 << b
 

@@ -25,6 +25,11 @@ _F_NEXT = vring.VRING_DESC_F_NEXT
 _F_WRITE = vring.VRING_DESC_F_WRITE
 _F_INDIRECT = vring.VRING_DESC_F_INDIRECT
 
+# QEMU's VIRTQUEUE_MAX_SIZE: the most buffers one element may carry (and
+# VIRTIO_QUEUE_MAX, the most queues a device has).
+VIRTQUEUE_MAX_SIZE = 1024
+VIRTIO_QUEUE_MAX = 1024
+
 
 class RingError(GuestError):
     """The guest's ring is malformed; the text is QEMU's ``virtio_error``."""
@@ -57,6 +62,13 @@ class Element:
 
 def _u16(v: int) -> int:
     return v & 0xFFFF
+
+
+def _check_int(state: VirtQueueState, name: str, low: int, high: int) -> int:
+    v = getattr(state, name)
+    if type(v) is not int or not low <= v <= high:
+        raise ValueError(f"virtqueue {state.index}: {name} {v!r} out of range [{low}, {high}]")
+    return v
 
 
 @attrs.define
@@ -92,7 +104,6 @@ class VirtQueue:
             raise ValueError(f"queue size {max_size} is not a power of two <= 32768")
         self.index = index
         self.max_size = max_size
-        self.event_idx = False
         self.reset()
 
     def reset(self) -> None:
@@ -104,6 +115,8 @@ class VirtQueue:
         self.inuse = 0
         self.signalled_used = 0
         self.signalled_used_valid = False
+        # virtio_reset clears the guest features, EVENT_IDX with them.
+        self.event_idx = False
 
     # -- configuration (what the transport's queue registers set) -------------
     def configure(self, mem: GuestMemory, size: int, desc: int, avail: int, used: int) -> None:
@@ -136,27 +149,65 @@ class VirtQueue:
     @classmethod
     def from_state(cls, state: VirtQueueState, mem: GuestMemory) -> VirtQueue:
         """Build a live queue from an untrusted record, validating every field
-        as ``configure`` would (virtio-queue's ``Queue::try_from``)."""
+        as ``configure`` would (virtio-queue's ``Queue::try_from``) plus
+        QEMU's ``virtio_load`` checks.  Any bad field raises ValueError and
+        nothing is built."""
+        _check_int(state, "index", 0, VIRTIO_QUEUE_MAX - 1)
+        _check_int(state, "max_size", 1, vring.MAX_QUEUE_SIZE)
+        if not vring.is_valid_size(state.max_size):
+            raise ValueError(f"virtqueue {state.index}: max_size {state.max_size} is not a power of two")
         q = cls(state.index, state.max_size)
+        size = _check_int(state, "size", 1, state.max_size)
+        if not vring.is_valid_size(size):
+            raise ValueError(f"virtqueue {state.index}: size {size} is not a power of two")
+        for name in ("desc_addr", "avail_addr", "used_addr"):
+            _check_int(state, name, 0, 0xFFFF_FFFF_FFFF_FFFF)
         for name in ("last_avail_idx", "used_idx", "signalled_used"):
-            v = getattr(state, name)
-            if not 0 <= v <= 0xFFFF:
-                raise ValueError(f"virtqueue {state.index}: {name} {v} out of range")
+            _check_int(state, name, 0, 0xFFFF)
+        _check_int(state, "inuse", 0, size)
+        for name in ("ready", "signalled_used_valid", "event_idx"):
+            if not isinstance(getattr(state, name), bool):
+                raise ValueError(f"virtqueue {state.index}: {name} {getattr(state, name)!r} is not a bool")
         if state.ready:
-            q.configure(mem, state.size, state.desc_addr, state.avail_addr, state.used_addr)
-            # QEMU's virtio_load check: the guest cannot have more heads in
-            # flight than the ring holds.
+            try:
+                q.configure(mem, size, state.desc_addr, state.avail_addr, state.used_addr)
+            except GuestError as err:
+                raise ValueError(str(err)) from err
+            # virtio_load: the guest cannot have more heads in flight than
+            # the ring holds, nor the device more than it took.
             avail_idx = mem.read_u16(state.avail_addr + 2)
-            if _u16(avail_idx - state.last_avail_idx) > state.size:
+            delta = _u16(avail_idx - state.last_avail_idx)
+            if delta > size:
                 raise ValueError(
-                    f"VQ {state.index} size 0x{state.size:x} Guest index 0x{avail_idx:x} "
-                    f"inconsistent with Host index 0x{state.last_avail_idx:x}: delta "
-                    f"0x{_u16(avail_idx - state.last_avail_idx):x}"
+                    f"VQ {state.index} size 0x{size:x} Guest index 0x{avail_idx:x} "
+                    f"inconsistent with Host index 0x{state.last_avail_idx:x}: delta 0x{delta:x}"
                 )
-            if not 0 <= state.inuse <= state.size:
-                raise ValueError(f"virtqueue {state.index}: inuse {state.inuse} out of range")
-        elif state.size != state.max_size and not vring.is_valid_size(state.size):
-            raise ValueError(f"virtqueue {state.index}: size {state.size} invalid")
+            taken = _u16(state.last_avail_idx - state.used_idx)
+            if taken > size:
+                raise ValueError(
+                    f"VQ {state.index} size 0x{size:x} < last_avail_idx 0x{state.last_avail_idx:x} "
+                    f"- used_idx 0x{state.used_idx:x}"
+                )
+            # Every element in use was popped and not yet pushed.
+            if state.inuse > taken:
+                raise ValueError(
+                    f"virtqueue {state.index}: inuse {state.inuse} exceeds last_avail_idx "
+                    f"0x{state.last_avail_idx:x} - used_idx 0x{state.used_idx:x}"
+                )
+        else:
+            # A queue the guest has not enabled is as reset() leaves it
+            # (virtio_load: "address 0x0 inconsistent with Host index").
+            if state.last_avail_idx:
+                raise ValueError(
+                    f"VQ {state.index} address 0x0 inconsistent with Host index "
+                    f"0x{state.last_avail_idx:x}"
+                )
+            for name in ("desc_addr", "avail_addr", "used_addr", "used_idx", "inuse", "signalled_used"):
+                if getattr(state, name):
+                    raise ValueError(f"virtqueue {state.index}: {name} set on a queue that is not ready")
+            if state.signalled_used_valid:
+                raise ValueError(f"virtqueue {state.index}: signalled_used_valid on a queue that is not ready")
+            q.size = size
         q.last_avail_idx = q.shadow_avail_idx = state.last_avail_idx
         q.used_idx = state.used_idx
         q.inuse = state.inuse
@@ -202,56 +253,63 @@ class VirtQueue:
 
         table = self.desc_addr
         limit = num
-        i = head
-        addr, length, flags, nxt = mem.unpack_from(_DESC, table + i * 16)
-        if flags & _F_INDIRECT:
+        addr, length, flags, nxt = mem.unpack_from(_DESC, table + head * 16)
+        indirect = bool(flags & _F_INDIRECT)
+        if indirect:
             if not length or length % 16:
                 self.last_avail_idx = _u16(self.last_avail_idx - 1)
                 raise RingError("Invalid size for indirect buffer table")
-            if addr < 0 or addr + length > mem.size:
+            if addr + length > mem.size:
                 self.last_avail_idx = _u16(self.last_avail_idx - 1)
                 raise RingError("Cannot map indirect buffer")
             table = addr
             limit = length // 16
-            i = 0
             addr, length, flags, nxt = mem.unpack_from(_DESC, table)
-            indirect = True
-        else:
-            indirect = False
 
+        # The chain walk, in virtqueue_split_pop's order of checks
+        # (virtqueue_map_desc: direction order, zero size, the sg limit, the
+        # mapping; then the loop bound; then virtqueue_split_read_next_desc).
         out_sg: list[tuple[int, int]] = []
         in_sg: list[tuple[int, int]] = []
+        ram_end = mem.size
+        entries = 0
         try:
             while True:
                 if indirect and flags & _F_INDIRECT:
                     raise RingError("Indirect descriptor in indirect table")
-                if not length:
-                    raise RingError("virtio: zero sized buffers are not allowed")
-                if addr + length > mem.size:
-                    raise RingError("virtio: bogus descriptor or out of resources")
                 if flags & _F_WRITE:
-                    in_sg.append((addr, length))
+                    sg = in_sg
                 else:
                     if in_sg:
                         raise RingError("Incorrect order for descriptors")
-                    out_sg.append((addr, length))
-                if len(out_sg) + len(in_sg) > limit:
+                    sg = out_sg
+                if not length:
+                    raise RingError("virtio: zero sized buffers are not allowed")
+                if entries == VIRTQUEUE_MAX_SIZE:
+                    raise RingError("virtio: too many write descriptors in indirect table")
+                if addr + length > ram_end:
+                    raise RingError("virtio: bogus descriptor or out of resources")
+                sg.append((addr, length))
+                entries += 1
+                if entries > limit:
                     raise RingError("Looped descriptor")
                 if not flags & _F_NEXT:
                     break
                 if nxt >= limit:
                     raise RingError(f"Desc next is {nxt}")
-                i = nxt
-                addr, length, flags, nxt = mem.unpack_from(_DESC, table + i * 16)
+                addr, length, flags, nxt = mem.unpack_from(_DESC, table + nxt * 16)
         except RingError:
-            # QEMU's err_undo_map: virtqueue_unpop() gives the head back.
+            # The head is given back (virtqueue_unpop), so the queue's indices
+            # are as before the pop; the device is broken by then anyway.
             self.last_avail_idx = _u16(self.last_avail_idx - 1)
             raise
         self.inuse += 1
-        return Element(head, out_sg, in_sg, len(out_sg) + len(in_sg))
+        return Element(head, out_sg, in_sg, entries)
 
     def unpop(self, count: int = 1) -> None:
-        """Give back elements popped but not used (virtqueue_unpop)."""
+        """Give back elements popped but not used (virtqueue_unpop/rewind)."""
+        if not 0 <= count <= self.inuse:
+            raise ValueError(f"virtqueue {self.index}: cannot unpop {count} of {self.inuse} in use")
         self.last_avail_idx = _u16(self.last_avail_idx - count)
         self.inuse -= count
 
@@ -261,9 +319,15 @@ class VirtQueue:
         num = self.size
         slot = self.used_idx % num
         mem.pack_into(_USED_ELEM, vring.used_ring_addr(self.used_addr, slot), elem.head, written)
-        self.used_idx = _u16(self.used_idx + 1)
-        mem.write_u16(self.used_addr + 2, self.used_idx)
+        new = self.used_idx = _u16(self.used_idx + 1)
+        mem.write_u16(self.used_addr + 2, new)
         self.inuse -= 1
+        # virtqueue_split_flush: "(int16_t)(new - signalled_used) < 1".  Once
+        # used_idx has run half the u16 space past the last signalled value,
+        # that value no longer orders, so the next should_notify signals.
+        since = _u16(new - self.signalled_used)
+        if since == 0 or since >= 0x8000:
+            self.signalled_used_valid = False
 
     def should_notify(self, mem: GuestMemory) -> bool:
         """virtio_split_should_notify (without NOTIFY_ON_EMPTY)."""
@@ -281,30 +345,55 @@ class VirtQueue:
     def in_bytes_available(self, mem: GuestMemory, want: int) -> int:
         """How many device-writable bytes the available chains offer, up to
         ``want`` (virtqueue_get_avail_bytes, reading without popping).
-        Malformed chains count as nothing here; ``pop`` reports them."""
-        if not self.ready or self.is_empty(mem):
+
+        Counting stops before the first malformed chain: the chains before it
+        still count, so the device pops and ``pop`` reports the fault (QEMU
+        reports it from here).  The work is bounded as in QEMU: direct chains
+        share one budget of ``size`` descriptors, and an indirect table
+        counts at most VIRTQUEUE_MAX_SIZE.
+        """
+        if not self.ready:
             return 0
-        total = 0
         idx = self.last_avail_idx
         num = self.size
-        pending = _u16(self.shadow_avail_idx - idx)
+        pending = _u16(self.avail_idx(mem) - idx)
         if pending > num:
             return 0
+        total = 0
+        budget = num  # QEMU's total_bufs against max
+        ram_end = mem.size
+        unpack = mem.unpack_from
         for _ in range(pending):
             head = mem.read_u16(vring.avail_ring_addr(self.avail_addr, idx % num))
-            if head >= num:
+            if head >= num or budget <= 0:
                 return total
-            i, seen = head, 0
+            addr, length, flags, nxt = unpack(_DESC, self.desc_addr + head * 16)
+            if flags & _F_INDIRECT:
+                if not length or length % 16 or addr + length > ram_end:
+                    return total
+                direct = False
+                table, limit = addr, length // 16
+                allowance = min(limit, VIRTQUEUE_MAX_SIZE)
+                budget -= 1
+                addr, length, flags, nxt = unpack(_DESC, table)
+            else:
+                direct = True
+                table, limit, allowance = self.desc_addr, num, budget
+            seen = chain = 0
             while True:
-                addr, length, flags, nxt = mem.unpack_from(_DESC, self.desc_addr + i * 16)
-                if flags & _F_INDIRECT:
-                    break  # counted precisely when popped
-                if flags & _F_WRITE:
-                    total += length
                 seen += 1
-                if not flags & _F_NEXT or nxt >= num or seen > num:
+                if seen > allowance:
+                    return total
+                if flags & _F_WRITE:
+                    chain += length
+                if not flags & _F_NEXT:
                     break
-                i = nxt
+                if nxt >= limit:
+                    return total
+                addr, length, flags, nxt = unpack(_DESC, table + nxt * 16)
+            total += chain
+            if direct:
+                budget -= seen
             if total >= want:
                 return total
             idx = _u16(idx + 1)
