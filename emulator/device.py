@@ -420,8 +420,8 @@ class VirtIOSerial:
             if not value:
                 self.error_report(f"virtio-serial-bus: Guest failure in adding device {self.bus_name}")
                 return
-            for port in list(self.ports.values()):
-                self.send_control_event(port.id, Event.PORT_ADD, 1)
+            for plugged in list(self.ports.values()):
+                self.send_control_event(plugged.id, Event.PORT_ADD, 1)
             return
         port = self.ports.get(port_id)
         if port is None:
