@@ -84,17 +84,20 @@ class GuestMemory:
     def read_u16(self, addr: int) -> int:
         if addr < 0 or addr + 2 > self.size:
             raise MemoryAccessError(addr, 2, self.size)
-        return _U16.unpack_from(self._ram, addr)[0]
+        value: int = _U16.unpack_from(self._ram, addr)[0]
+        return value
 
     def read_u32(self, addr: int) -> int:
         if addr < 0 or addr + 4 > self.size:
             raise MemoryAccessError(addr, 4, self.size)
-        return _U32.unpack_from(self._ram, addr)[0]
+        value: int = _U32.unpack_from(self._ram, addr)[0]
+        return value
 
     def read_u64(self, addr: int) -> int:
         if addr < 0 or addr + 8 > self.size:
             raise MemoryAccessError(addr, 8, self.size)
-        return _U64.unpack_from(self._ram, addr)[0]
+        value: int = _U64.unpack_from(self._ram, addr)[0]
+        return value
 
     def write_u16(self, addr: int, value: int) -> None:
         if addr < 0 or addr + 2 > self.size:
