@@ -262,7 +262,15 @@ class PortsDevice:
         # RESIZE and unknown events: nothing for a non-console view.
 
     def add_port(self, port_id: int) -> None:
-        port = GuestPort(self, port_id)
+        try:
+            port = GuestPort(self, port_id)
+        except GuestOSError:
+            # Linux allocates every vq at probe; ours are made on first use,
+            # so running out of memory here is add_port's kzalloc failing:
+            # answer PORT_READY 0 instead of letting ENOMEM escape the handler.
+            self.warnings.append(f"Error allocating port {port_id}")
+            self.send_control(port_id, Event.PORT_READY, 0)
+            return
         # Buffers may still sit in the ring from an earlier port at this id
         # (we leave them posted on removal); those count as filled.
         posted = port.in_vq.num - port.in_vq.num_free
