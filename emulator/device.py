@@ -116,6 +116,7 @@ class VirtIOSerial:
         self.ports_map[0] |= 1
         self.effects: list[Effect] = []
         self.errors: list[str] = []
+        self._interrupts = [Interrupt(i) for i in range(len(self.queues))]  # immutable, shared
 
     # ------------------------------------------------------------------ effects
     def emit(self, effect: Effect) -> None:
@@ -131,7 +132,7 @@ class VirtIOSerial:
 
     def _notify(self, vq: VirtQueue) -> None:
         if vq.should_notify(self.mem):
-            self.emit(Interrupt(vq.index))
+            self.effects.append(self._interrupts[vq.index])
 
     def set_broken(self, message: str) -> None:
         """virtio_error(): report, NEEDS_RESET, stop processing."""
@@ -253,10 +254,17 @@ class VirtIOSerial:
         if not vq.ready:
             return
         mem = self.mem
+        ram = mem.ro
         while True:
             elem = port.elem
             if elem is None:
-                elem = self._pop(vq)
+                if self.broken:
+                    break
+                try:
+                    elem = vq.pop(mem)
+                except GuestError as err:
+                    self.set_broken(str(err))
+                    break
                 if elem is None:
                     break
                 port.elem = elem
@@ -266,7 +274,8 @@ class VirtIOSerial:
             while port.iov_idx < len(sg):
                 addr, length = sg[port.iov_idx]
                 off = port.iov_offset
-                taken = port.have_data(mem.view(addr + off, length - off))
+                # pop() checked every buffer against RAM: slice without rechecking.
+                taken = port.have_data(ram[addr + off : addr + length])
                 if port.elem is not elem:
                     return  # the port was closed or unplugged under us
                 if port.throttled:
@@ -281,6 +290,8 @@ class VirtIOSerial:
                 break
             vq.push(mem, elem, 0)
             port.elem = None
+            if vq.shadow_avail_idx == vq.last_avail_idx and vq.avail_idx(mem) == vq.last_avail_idx:
+                break  # ring drained (what the next pop would find)
         self._notify(vq)
 
     def throttle_port(self, port: VirtIOSerialPort, throttle: bool) -> None:

@@ -11,6 +11,7 @@ made a product feature).
 from __future__ import annotations
 
 import errno
+import struct
 from typing import Any
 
 from . import vring
@@ -19,6 +20,10 @@ from .kmalloc import Kmalloc
 from .memory import GuestMemory
 
 _DESC = vring.DESC
+_DESC_PACK = vring.DESC.pack_into
+_USED_UNPACK = vring.USED_ELEM.unpack_from
+_U16_UNPACK = struct.Struct("<H").unpack_from
+_U16_PACK = struct.Struct("<H").pack_into
 
 
 class DriverQueue:
@@ -49,13 +54,24 @@ class DriverQueue:
         self.event_idx = event_idx
         self.broken = False
 
+    # The rings were allocated inside RAM, so ring fields are accessed
+    # straight in the RAM buffer (``GuestMemory.ring_buf``), marking the
+    # dirty log by hand.
+
     def add(self, mem: GuestMemory, out_bufs: list[tuple[int, int]], in_bufs: list[tuple[int, int]], token: Any) -> int:
         """virtqueue_add: publish one chain; ENOSPC when the ring is full."""
         n = len(out_bufs) + len(in_bufs)
         if n == 0:
             raise ValueError("empty chain")
+        if n == 1:
+            if out_bufs:
+                addr, length = out_bufs[0]
+                return self.add_one(mem, addr, length, 0, token)
+            addr, length = in_bufs[0]
+            return self.add_one(mem, addr, length, vring.VRING_DESC_F_WRITE, token)
         if self.num_free < n:
             raise GuestOSError(errno.ENOSPC, "virtqueue full")
+        buf, dirty = mem.ring_buf, mem.ring_dirty
         head = i = self.free_head
         last = n - 1
         k = 0
@@ -63,52 +79,100 @@ class DriverQueue:
         for bufs, flag in ((out_bufs, 0), (in_bufs, vring.VRING_DESC_F_WRITE)):
             for addr, length in bufs:
                 base = desc + i * 16
-                nxt = mem.read_u16(base + 14)
+                nxt = _U16_UNPACK(buf, base + 14)[0]
                 flags = flag | (vring.VRING_DESC_F_NEXT if k < last else 0)
-                mem.pack_into(_DESC, base, addr, length, flags, nxt)
+                _DESC_PACK(buf, base, addr, length, flags, nxt)
+                dirty[base >> 12] = 1
                 k += 1
                 if k <= last:
                     i = nxt
-        self.free_head = mem.read_u16(desc + i * 16 + 14)
+        self.free_head = _U16_UNPACK(buf, desc + i * 16 + 14)[0]
         self.num_free -= n
         self.tokens[head] = token
         self.chain_len[head] = n
-        mem.write_u16(vring.avail_ring_addr(self.avail, self.avail_idx % self.num), head)
-        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        mem.write_u16(self.avail + 2, self.avail_idx)
-        self.num_added += 1
+        self._publish(buf, dirty, head)
         return head
+
+    def add_one(self, mem: GuestMemory, addr: int, length: int, flags: int, token: Any) -> int:
+        """virtqueue_add with one buffer (what virtio_console always does)."""
+        if not self.num_free:
+            raise GuestOSError(errno.ENOSPC, "virtqueue full")
+        buf, dirty = mem.ring_buf, mem.ring_dirty
+        head = self.free_head
+        base = self.desc + head * 16
+        nxt = _U16_UNPACK(buf, base + 14)[0]
+        _DESC_PACK(buf, base, addr, length, flags, nxt)
+        dirty[base >> 12] = 1
+        self.free_head = nxt
+        self.num_free -= 1
+        self.tokens[head] = token
+        self.chain_len[head] = 1
+        self._publish(buf, dirty, head)
+        return head
+
+    def _publish(self, buf: bytearray, dirty: bytearray, head: int) -> None:
+        avail = self.avail
+        idx = self.avail_idx
+        _U16_PACK(buf, avail + 4 + 2 * (idx % self.num), head)
+        idx = self.avail_idx = (idx + 1) & 0xFFFF
+        _U16_PACK(buf, avail + 2, idx)
+        dirty[avail >> 12] = 1
+        dirty[(avail + 4 + 2 * self.num) >> 12] = 1
+        self.num_added += 1
 
     def kick_needed(self, mem: GuestMemory) -> bool:
         """virtqueue_kick_prepare: should the device be notified?"""
+        buf = mem.ring_buf
         new = self.avail_idx
         old = (new - self.num_added) & 0xFFFF
         self.num_added = 0
         if self.event_idx:
-            event = mem.read_u16(vring.avail_event_addr(self.used, self.num))
-            return vring.need_event(event, new, old)
-        return not (mem.read_u16(self.used) & vring.VRING_USED_F_NO_NOTIFY)
+            event = _U16_UNPACK(buf, self.used + 4 + 8 * self.num)[0]  # avail_event
+            return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return not (_U16_UNPACK(buf, self.used)[0] & vring.VRING_USED_F_NO_NOTIFY)
+
+    def take_used(self, mem: GuestMemory) -> list[Any]:
+        """Every used buffer's token, in order (a reclaim loop in one call)."""
+        if _U16_UNPACK(mem.ring_buf, self.used + 2)[0] == self.last_used_idx:
+            return []
+        out = []
+        while (got := self.get_buf(mem)) is not None:
+            out.append(got[0])
+        return out
 
     def has_used(self, mem: GuestMemory) -> bool:
-        return mem.read_u16(self.used + 2) != self.last_used_idx
+        buf = mem.ring_buf
+        return _U16_UNPACK(buf, self.used + 2)[0] != self.last_used_idx
 
     def get_buf(self, mem: GuestMemory) -> tuple[Any, int] | None:
         """virtqueue_get_buf: the next used (token, written length), or None."""
-        if mem.read_u16(self.used + 2) == self.last_used_idx:
+        buf, dirty = mem.ring_buf, mem.ring_dirty
+        used = self.used
+        last = self.last_used_idx
+        if _U16_UNPACK(buf, used + 2)[0] == last:
             return None
-        slot = self.last_used_idx % self.num
-        head, length = mem.unpack_from(vring.USED_ELEM, vring.used_ring_addr(self.used, slot))
+        head, length = _USED_UNPACK(buf, used + 4 + 8 * (last % self.num))
         if head >= self.num or self.tokens[head] is None:
             # Linux: "id %u is not a head!" -> the queue is marked broken.
             self.broken = True
             return None
         token = self.tokens[head]
         self.tokens[head] = None
-        self._free_chain(mem, head)
-        self.last_used_idx = (self.last_used_idx + 1) & 0xFFFF
+        if self.chain_len[head] == 1:
+            at = self.desc + head * 16 + 14
+            _U16_PACK(buf, at, self.free_head)
+            dirty[at >> 12] = 1
+            self.free_head = head
+            self.num_free += 1
+            self.chain_len[head] = 0
+        else:
+            self._free_chain(mem, head)
+        last = self.last_used_idx = (last + 1) & 0xFFFF
         if self.event_idx:
             # Ask for an interrupt at the next used entry (virtqueue_enable_cb).
-            mem.write_u16(vring.used_event_addr(self.avail, self.num), self.last_used_idx)
+            at = self.avail + 4 + 2 * self.num  # used_event
+            _U16_PACK(buf, at, last)
+            dirty[at >> 12] = 1
         return token, length
 
     def _free_chain(self, mem: GuestMemory, head: int) -> None:

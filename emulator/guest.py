@@ -340,9 +340,11 @@ class PortsDevice:
         return bytes(out)
 
     def reclaim_consumed_buffers(self, port: GuestPort) -> None:
-        q = port.out_vq
-        while (got := q.get_buf(self.mem)) is not None:
-            self.kernel.kmalloc.free(got[0])
+        tokens = port.out_vq.take_used(self.mem)
+        if tokens:
+            free = self.kernel.kmalloc.free
+            for addr in tokens:
+                free(addr)
             port.outvq_full = False
 
     def will_write_block(self, port: GuestPort) -> bool:
@@ -353,15 +355,19 @@ class PortsDevice:
         self.reclaim_consumed_buffers(port)
         return port.outvq_full
 
-    def send_to_port(self, port: GuestPort, data: bytes | memoryview, nonblock: bool = True) -> int:
-        """__send_to_port: one readable buffer, kick, and (for consoles) wait."""
-        self.reclaim_consumed_buffers(port)
+    def send_to_port(
+        self, port: GuestPort, data: bytes | memoryview, nonblock: bool = True, reclaim: bool = True
+    ) -> int:
+        """__send_to_port: one readable buffer, kick, and (for consoles) wait.
+        ``reclaim=False`` when the caller has just reclaimed (will_write_block)."""
+        if reclaim:
+            self.reclaim_consumed_buffers(port)
         count = len(data)
         addr = self.kernel.kmalloc.alloc(count)
         self.mem.write(addr, data)
         q = port.out_vq
         try:
-            q.add(self.mem, [(addr, count)], [], addr)
+            q.add_one(self.mem, addr, count, 0, addr)
         except GuestOSError:
             self.kernel.kmalloc.free(addr)
             self.kick(q)
@@ -423,7 +429,7 @@ class GuestFile:
             return n
         if dev.will_write_block(port):
             raise _oserror(errno.EAGAIN, self.path)
-        n = dev.send_to_port(port, memoryview(data)[:MAX_WRITE])
+        n = dev.send_to_port(port, memoryview(data)[:MAX_WRITE], reclaim=False)
         self.kernel.machine.pump()
         if n == 0:
             raise _oserror(errno.EAGAIN, self.path)

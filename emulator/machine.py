@@ -243,6 +243,8 @@ class Machine:
             listener(ev)
 
     def _collect(self, dev: VirtIOSerial) -> None:
+        if not dev.effects:
+            return
         for eff in dev.take_effects():
             if isinstance(eff, Interrupt):
                 key = (dev.index, eff.queue)
@@ -259,8 +261,9 @@ class Machine:
     def pump(self) -> None:
         """Run guest interrupt handlers until nothing is pending."""
         for dev in self.devices:
-            self._collect(dev)
-        if self._pumping or not self.running:
+            if dev.effects:
+                self._collect(dev)
+        if self._pumping or not self.running or not self._pending:
             return
         self._pumping = True
         try:
@@ -269,7 +272,8 @@ class Machine:
                 self._pending_set.discard((dev.index, queue))
                 self.guest.interrupt(dev, queue)
                 for d in self.devices:
-                    self._collect(d)
+                    if d.effects:
+                        self._collect(d)
         finally:
             self._pumping = False
 

@@ -29,7 +29,7 @@ _U64 = struct.Struct("<Q")
 class GuestMemory:
     """Flat guest-physical RAM starting at address 0."""
 
-    __slots__ = ("size", "_ram", "_mv", "_dirty", "_pages")
+    __slots__ = ("size", "_ram", "_mv", "_dirty", "_pages", "ro", "ring_buf", "ring_dirty")
 
     def __init__(self, size: int = DEFAULT_RAM_SIZE) -> None:
         if size <= 0 or size % PAGE_SIZE:
@@ -37,9 +37,18 @@ class GuestMemory:
         self.size = size
         self._ram = bytearray(size)
         self._mv = memoryview(self._ram)
+        # A read-only view of all of RAM, for ranges already bounds-checked
+        # (a popped element's buffers): slicing it costs no extra check.
+        self.ro = self._mv.toreadonly()
         self._pages = size >> PAGE_SHIFT
         # One byte per page; 1 = written since the log was last collected.
+        # Never rebound (cleared in place), so ``ring_access`` users stay valid.
         self._dirty = bytearray(self._pages)
+        # The RAM buffer and the dirty map, for virtqueue code that accesses
+        # ring structures whose whole extent it validated against ``size``
+        # when the ring was set up.  Writers mark ``ring_dirty[addr >> 12]``.
+        self.ring_buf = self._ram
+        self.ring_dirty = self._dirty
 
     # -- bounds ---------------------------------------------------------------
     def _check(self, addr: int, length: int) -> None:
@@ -138,11 +147,11 @@ class GuestMemory:
         """Pages written since the last collection, in ascending order."""
         pages = [i for i, d in enumerate(self._dirty) if d] if self._dirty.find(1) >= 0 else []
         if clear and pages:
-            self._dirty = bytearray(self._pages)
+            self._dirty[:] = bytes(self._pages)
         return pages
 
     def mark_all_dirty(self) -> None:
-        self._dirty = bytearray(b"\x01") * self._pages
+        self._dirty[:] = b"\x01" * self._pages
 
     def page(self, index: int) -> memoryview:
         if not 0 <= index < self._pages:

@@ -13,6 +13,8 @@ device's caller.
 
 from __future__ import annotations
 
+import struct
+
 import attrs
 
 from . import vring
@@ -21,6 +23,10 @@ from .memory import GuestMemory
 
 _DESC = vring.DESC
 _USED_ELEM = vring.USED_ELEM
+_DESC_UNPACK = vring.DESC.unpack_from
+_USED_PACK = vring.USED_ELEM.pack_into
+_U16_UNPACK = struct.Struct("<H").unpack_from
+_U16_PACK = struct.Struct("<H").pack_into
 _F_NEXT = vring.VRING_DESC_F_NEXT
 _F_WRITE = vring.VRING_DESC_F_WRITE
 _F_INDIRECT = vring.VRING_DESC_F_INDIRECT
@@ -217,8 +223,14 @@ class VirtQueue:
         return q
 
     # -- the avail side ----------------------------------------------------------
+    # Ring structures (descriptor table, avail and used rings) were checked
+    # to lie inside RAM when the queue was configured, so the hot paths below
+    # read and write them straight in the RAM buffer, without a bounds check
+    # per access; only addresses taken from descriptors are checked.
+
     def avail_idx(self, mem: GuestMemory) -> int:
-        self.shadow_avail_idx = mem.read_u16(self.avail_addr + 2)
+        buf = mem.ring_buf
+        self.shadow_avail_idx = _U16_UNPACK(buf, self.avail_addr + 2)[0]
         return self.shadow_avail_idx
 
     def is_empty(self, mem: GuestMemory) -> bool:
@@ -234,44 +246,54 @@ class VirtQueue:
         Returns None when the ring is empty; raises RingError (QEMU's text)
         when the guest's ring is malformed.
         """
-        if not self.ready or self.is_empty(mem):
+        if not self.ready:
             return None
-        # Hot path (a throughput benchmark rides on it): ring offsets and u16
-        # arithmetic are written out instead of calling the vring helpers.
-        num = self.size
+        buf, dirty = mem.ring_buf, mem.ring_dirty
         last = self.last_avail_idx
+        if self.shadow_avail_idx == last:
+            self.shadow_avail_idx = _U16_UNPACK(buf, self.avail_addr + 2)[0]
+            if self.shadow_avail_idx == last:
+                return None
+        num = self.size
         if (self.shadow_avail_idx - last) & 0xFFFF > num:
             raise RingError(f"Guest moved used index from {last} to {self.shadow_avail_idx}")
         if self.inuse >= num:
             raise RingError("Virtqueue size exceeded")
-        head = mem.read_u16(self.avail_addr + 4 + 2 * (last % num))
+        head = _U16_UNPACK(buf, self.avail_addr + 4 + 2 * (last % num))[0]
         if head >= num:
             raise RingError(f"Guest says index {head} is available")
         self.last_avail_idx = (last + 1) & 0xFFFF
         if self.event_idx:
-            mem.write_u16(self.used_addr + 4 + 8 * num, self.last_avail_idx)  # avail_event
+            at = self.used_addr + 4 + 8 * num  # avail_event
+            _U16_PACK(buf, at, self.last_avail_idx)
+            dirty[at >> 12] = 1
 
         table = self.desc_addr
         limit = num
-        addr, length, flags, nxt = mem.unpack_from(_DESC, table + head * 16)
+        ram_end = mem.size
+        addr, length, flags, nxt = _DESC_UNPACK(buf, table + head * 16)
         indirect = flags & _F_INDIRECT
         if indirect:
             if not length or length % 16:
                 self.last_avail_idx = last
                 raise RingError("Invalid size for indirect buffer table")
-            if addr + length > mem.size:
+            if addr + length > ram_end:
                 self.last_avail_idx = last
                 raise RingError("Cannot map indirect buffer")
             table = addr
             limit = length // 16
-            addr, length, flags, nxt = mem.unpack_from(_DESC, table)
+            addr, length, flags, nxt = _DESC_UNPACK(buf, table)
+        elif not flags & (_F_NEXT | _F_WRITE) and length and addr + length <= ram_end:
+            # The common case, one readable buffer (a guest write): every
+            # check of the walk below passes trivially.
+            self.inuse += 1
+            return Element(head, [(addr, length)], [], 1)
 
         # The chain walk, in virtqueue_split_pop's order of checks
         # (virtqueue_map_desc: direction order, zero size, the sg limit, the
         # mapping; then the loop bound; then virtqueue_split_read_next_desc).
         out_sg: list[tuple[int, int]] = []
         in_sg: list[tuple[int, int]] = []
-        ram_end = mem.size
         max_entries = VIRTQUEUE_MAX_SIZE
         entries = 0
         try:
@@ -298,7 +320,7 @@ class VirtQueue:
                     break
                 if nxt >= limit:
                     raise RingError(f"Desc next is {nxt}")
-                addr, length, flags, nxt = mem.unpack_from(_DESC, table + nxt * 16)
+                addr, length, flags, nxt = _DESC_UNPACK(buf, table + nxt * 16)
         except RingError:
             # The head is given back (virtqueue_unpop), so the queue's indices
             # are as before the pop; the device is broken by then anyway.
@@ -317,11 +339,16 @@ class VirtQueue:
     # -- the used side ---------------------------------------------------------
     def push(self, mem: GuestMemory, elem: Element, written: int) -> None:
         """virtqueue_push: fill one used entry and publish the index."""
+        buf, dirty = mem.ring_buf, mem.ring_dirty
         used = self.used_addr
         old = self.used_idx
-        mem.pack_into(_USED_ELEM, used + 4 + 8 * (old % self.size), elem.head, written)
+        at = used + 4 + 8 * (old % self.size)
+        _USED_PACK(buf, at, elem.head, written)
+        dirty[at >> 12] = 1
+        dirty[(at + 7) >> 12] = 1
         new = self.used_idx = (old + 1) & 0xFFFF
-        mem.write_u16(used + 2, new)
+        _U16_PACK(buf, used + 2, new)
+        dirty[used >> 12] = 1
         self.inuse -= 1
         # virtqueue_split_flush: "(int16_t)(new - signalled_used) < 1".  Once
         # used_idx has run half the u16 space past the last signalled value,
@@ -332,16 +359,17 @@ class VirtQueue:
 
     def should_notify(self, mem: GuestMemory) -> bool:
         """virtio_split_should_notify (without NOTIFY_ON_EMPTY)."""
+        buf = mem.ring_buf
         if not self.event_idx:
-            return not (mem.read_u16(self.avail_addr) & vring.VRING_AVAIL_F_NO_INTERRUPT)
+            return not (_U16_UNPACK(buf, self.avail_addr)[0] & vring.VRING_AVAIL_F_NO_INTERRUPT)
         valid = self.signalled_used_valid
         self.signalled_used_valid = True
         old = self.signalled_used
         new = self.signalled_used = self.used_idx
         if not valid:
             return True
-        event = mem.read_u16(vring.used_event_addr(self.avail_addr, self.size))
-        return vring.need_event(event, new, old)
+        event = _U16_UNPACK(buf, self.avail_addr + 4 + 2 * self.size)[0]  # used_event
+        return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
 
     def in_bytes_available(self, mem: GuestMemory, want: int) -> int:
         """How many device-writable bytes the available chains offer, up to
