@@ -39,3 +39,10 @@ class MemoryAccessError(GuestError):
 
 class GuestOSError(OSError):
     """An errno the simulated guest kernel returns to a guest program."""
+
+
+class GuestNotRunning(VSerialError):
+    """A guest program was asked to run while the machine is stopped."""
+
+    def __init__(self) -> None:
+        super().__init__("the guest is not running: the machine is stopped (cont resumes it)")

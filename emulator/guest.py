@@ -39,7 +39,7 @@ from . import control, vring
 from .control import BAD_ID, CONTROL_HEADER, Event
 from .device import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK
 from .driver_queue import DriverQueue
-from .errors import GuestOSError
+from .errors import GuestNotRunning, GuestOSError
 from .kmalloc import Kmalloc
 from .memory import PAGE_SIZE
 
@@ -115,6 +115,7 @@ class PortsDevice:
 
     def __init__(self, kernel: GuestKernel, dev: VirtIOSerial) -> None:
         self.kernel = kernel
+        self.mem = kernel.mem
         self.dev = dev
         self.index = dev.index
         self.features = 0
@@ -127,9 +128,6 @@ class PortsDevice:
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------- plumbing
-    @property
-    def mem(self) -> Any:
-        return self.kernel.mem
 
     def queue(self, index: int) -> DriverQueue:
         q = self.queues.get(index)
@@ -325,19 +323,21 @@ class PortsDevice:
         return port.inbuf is not None
 
     def fill_readbuf(self, port: GuestPort, count: int) -> bytes:
-        out = bytearray()
-        while count > 0 and self.port_has_data(port):
-            buf = port.inbuf
-            assert buf is not None
-            addr, length, offset = buf
-            n = min(count, length - offset)
-            out += self.mem.view(addr + offset, n)
-            buf[2] = offset + n
-            count -= n
-            if buf[2] >= length:
-                port.inbuf = None
-                self.add_inbuf(port.in_vq, addr)
-        return bytes(out)
+        """Copy from the current buffer only, as Linux does: one read
+        returns at most what one 4 KiB receive buffer holds."""
+        if count <= 0 or not self.port_has_data(port):
+            return b""
+        buf = port.inbuf
+        assert buf is not None
+        addr, length, offset = buf
+        n = min(count, length - offset)
+        out = self.mem.read(addr + offset, n)
+        buf[2] = offset + n
+        if buf[2] >= length:
+            # Done with this buffer: give it back for more host data.
+            port.inbuf = None
+            self.add_inbuf(port.in_vq, addr)
+        return out
 
     def reclaim_consumed_buffers(self, port: GuestPort) -> None:
         tokens = port.out_vq.take_used(self.mem)
@@ -395,10 +395,13 @@ class GuestFile:
     def _check(self) -> None:
         if self.closed:
             raise _oserror(errno.EBADF, self.path)
+        if not self.kernel.machine.running:
+            raise GuestNotRunning()
 
     def read(self, count: int = 65536) -> bytes:
-        """Bytes that have arrived; b"" at EOF (host closed, nothing left);
-        EAGAIN when the host is connected but nothing has arrived."""
+        """Bytes that have arrived, from one receive buffer at most (as on
+        Linux); b"" at EOF (host closed, nothing left); EAGAIN when the host
+        is connected but nothing has arrived."""
         self._check()
         port = self.port
         dev = port.portdev
@@ -438,6 +441,8 @@ class GuestFile:
     def close(self) -> None:
         if self.closed:
             return
+        if not self.kernel.machine.running:
+            raise GuestNotRunning()
         self.closed = True
         self.kernel.release(self)
 
@@ -564,6 +569,8 @@ class GuestKernel:
 
     def open(self, path: str) -> GuestFile:
         """open(2) on a port node, a virtio-ports link or an hvc console."""
+        if not self.machine.running:
+            raise GuestNotRunning()
         real = self.resolve(path)
         if real.startswith("/dev/hvc") and real[8:].isdigit():
             port = self.hvcs.get(int(real[8:]))
@@ -603,6 +610,8 @@ class GuestKernel:
 
     def emergency_write(self, dev_index: int, byte: int) -> None:
         """The early console path: write one byte through emerg_wr."""
+        if not self.machine.running:
+            raise GuestNotRunning()
         pd = self.portdevs[dev_index]
         pd.dev.write_config(8, int(byte & 0xFF).to_bytes(4, "little"))
         self.machine.pump()
