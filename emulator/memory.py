@@ -24,6 +24,7 @@ DEFAULT_RAM_SIZE = 64 * MiB
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_ONES = b"\x01" * 64  # dirty-map fill for writes of up to 64 pages at once
 
 
 class GuestMemory:
@@ -63,7 +64,7 @@ class GuestMemory:
         if first == last:
             self._dirty[first] = 1
         else:
-            self._dirty[first : last + 1] = b"\x01" * (last - first + 1)
+            self._dirty[first : last + 1] = b"\x01" * (last - first + 1)  # any size
 
     # -- bulk access ----------------------------------------------------------
     def read(self, addr: int, length: int) -> bytes:
@@ -80,9 +81,19 @@ class GuestMemory:
         if type(data) is memoryview and data.format != "B":
             data = data.cast("B")  # len() must count bytes, not items
         n = len(data)
-        self._check(addr, n)
-        self._mv[addr : addr + n] = data
-        self._mark(addr, n)
+        end = addr + n
+        if addr < 0 or end > self.size:
+            raise MemoryAccessError(addr, n, self.size)
+        self._mv[addr:end] = data
+        if n:
+            first = addr >> PAGE_SHIFT
+            last = (end - 1) >> PAGE_SHIFT
+            if first == last:
+                self._dirty[first] = 1
+            elif last - first < 64:
+                self._dirty[first : last + 1] = _ONES[: last - first + 1]
+            else:
+                self._dirty[first : last + 1] = b"\x01" * (last - first + 1)
 
     def fill(self, addr: int, length: int, byte: int = 0) -> None:
         self._check(addr, length)

@@ -334,3 +334,12 @@ def test_load_page_validates_index_and_length(mem: GuestMemory, index: int, leng
         mem.load_page(index, b"\xee" * length)
     assert mem.read(0, 4) == b"keep"
     assert mem.read(PAGE_SIZE, 4) == bytes(4)
+
+
+def test_writes_spanning_more_than_64_pages_mark_exactly_their_pages() -> None:
+    mem = GuestMemory(1 << 20)
+    mem.write(4096, bytes(100 * 4096))
+    assert mem.dirty_pages() == list(range(1, 101))
+    mem.write(8 * 4096 - 1, bytes(65 * 4096 + 2))
+    assert mem.dirty_pages() == list(range(7, 7 + 67))
+    assert mem.page_count == 256
