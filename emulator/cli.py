@@ -6,15 +6,6 @@ import argparse
 import sys
 
 
-def _state_registry() -> object:
-    """The emulator's state descriptions, once it declares them."""
-    try:
-        from .state import registry
-    except ImportError:
-        return None
-    return registry()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -29,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "vmstate":
         from vmstate.cli import main as vmstate_main
 
-        return vmstate_main(args[1:], registry=_state_registry())
+        from .state import registry
+
+        return vmstate_main(args[1:], registry=registry())
     ns = parser.parse_args(args)
     if ns.command == "demo":
         from .demo import run_demo
@@ -40,5 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def entry() -> None:
+    """Console script: like main(), quiet when the reader goes away (| head)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at devnull so the interpreter's final flush is silent.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

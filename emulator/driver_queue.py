@@ -127,7 +127,7 @@ class DriverQueue:
         old = (new - self.num_added) & 0xFFFF
         self.num_added = 0
         if self.event_idx:
-            event = _U16_UNPACK(buf, self.used + 4 + 8 * self.num)[0]  # avail_event
+            event: int = _U16_UNPACK(buf, self.used + 4 + 8 * self.num)[0]  # avail_event
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
         return not (_U16_UNPACK(buf, self.used)[0] & vring.VRING_USED_F_NO_NOTIFY)
 
@@ -142,7 +142,7 @@ class DriverQueue:
 
     def has_used(self, mem: GuestMemory) -> bool:
         buf = mem.ring_buf
-        return _U16_UNPACK(buf, self.used + 2)[0] != self.last_used_idx
+        return bool(_U16_UNPACK(buf, self.used + 2)[0] != self.last_used_idx)
 
     def get_buf(self, mem: GuestMemory) -> tuple[Any, int] | None:
         """virtqueue_get_buf: the next used (token, written length), or None."""

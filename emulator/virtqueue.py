@@ -361,14 +361,14 @@ class VirtQueue:
         """virtio_split_should_notify (without NOTIFY_ON_EMPTY)."""
         buf = mem.ring_buf
         if not self.event_idx:
-            return not (_U16_UNPACK(buf, self.avail_addr)[0] & vring.VRING_AVAIL_F_NO_INTERRUPT)
+            return not (int(_U16_UNPACK(buf, self.avail_addr)[0]) & vring.VRING_AVAIL_F_NO_INTERRUPT)
         valid = self.signalled_used_valid
         self.signalled_used_valid = True
         old = self.signalled_used
         new = self.signalled_used = self.used_idx
         if not valid:
             return True
-        event = _U16_UNPACK(buf, self.avail_addr + 4 + 2 * self.size)[0]  # used_event
+        event: int = _U16_UNPACK(buf, self.avail_addr + 4 + 2 * self.size)[0]  # used_event
         return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
 
     def in_bytes_available(self, mem: GuestMemory, want: int) -> int:

@@ -1,0 +1,245 @@
+"""The virtio-serial device's saved state, described for vmstate.
+
+Records here are plain, untrusted data.  ``capture`` turns a live device into
+a record; ``restore`` checks a record against a live device built from the
+same command line (QEMU's rule: stable ids, the destination is started with
+the same ``nr=`` values), validates every queue and held element exactly as
+construction would, and only then applies it - a record that does not fit
+raises ``vmstate.ValidationError`` and changes nothing.
+
+After a restore, as QEMU's virtio_serial_post_load_timer_cb does, a port
+whose local host connection differs from the saved one tells the guest with
+PORT_OPEN (the local value), and every port reports its loaded guest state
+(VSERPORT_CHANGE for ports with an id; a serial port's chardev learns it).
+QEMU leaves a throttled port waiting for a chardev watch that the
+destination never armed; here the flush is retried once, so held guest data
+drains as soon as the new host side can take it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+import vmstate
+from vmstate import U8, U16, U32, U64, Bitmap, Bool, ListOf, Nested, Optional, Str
+
+from .device import VirtIOSerial
+from .errors import GuestError
+from .virtqueue import Element, VirtQueue, VirtQueueState
+
+SECTION = "virtio-serial"
+
+
+@vmstate.describe(name="virtio-serial-sg", version=1)
+@attrs.define
+class SgRecord:
+    addr: int = vmstate.field(U64)
+    len: int = vmstate.field(U32)
+
+
+@vmstate.describe(name="virtio-serial-element", version=1)
+@attrs.define
+class ElementRecord:
+    """A chain the device holds (a throttled port's element)."""
+
+    head: int = vmstate.field(U16)
+    out_sg: list[SgRecord] = vmstate.field(ListOf(SgRecord, max_len=1024))
+    in_sg: list[SgRecord] = vmstate.field(ListOf(SgRecord, max_len=1024))
+
+
+@vmstate.describe(name="virtqueue", version=1)
+@attrs.define(kw_only=True)
+class VirtQueueRecord:
+    index: int = vmstate.field(U16)
+    size: int = vmstate.field(U32)
+    ready: bool = vmstate.field(Bool)
+    desc_addr: int = vmstate.field(U64)
+    avail_addr: int = vmstate.field(U64)
+    used_addr: int = vmstate.field(U64)
+    last_avail_idx: int = vmstate.field(U16)
+    used_idx: int = vmstate.field(U16)
+    inuse: int = vmstate.field(U16)
+    signalled_used: int = vmstate.field(U16)
+    signalled_used_valid: bool = vmstate.field(Bool)
+
+
+@vmstate.describe(name="virtio-serial-port", version=1)
+@attrs.define(kw_only=True)
+class PortRecord:
+    id: int = vmstate.field(U32)
+    driver: str = vmstate.field(Str(max_len=64))
+    name: str | None = vmstate.field(Optional(Str(max_len=4096)))
+    guest_connected: bool = vmstate.field(Bool)
+    host_connected: bool = vmstate.field(Bool)
+    throttled: bool = vmstate.field(Bool)
+    iov_idx: int = vmstate.field(U32)
+    iov_offset: int = vmstate.field(U32)
+    elem: ElementRecord | None = vmstate.field(Optional(Nested(ElementRecord)))
+
+
+@vmstate.describe(name=SECTION, version=1)
+@attrs.define(kw_only=True)
+class VirtIOSerialRecord:
+    bus: str = vmstate.field(Str(max_len=256))
+    max_ports: int = vmstate.field(U32)
+    host_features: int = vmstate.field(U64)
+    guest_features: int = vmstate.field(U64)
+    status: int = vmstate.field(U8)
+    broken: bool = vmstate.field(Bool)
+    cols: int = vmstate.field(U16)
+    rows: int = vmstate.field(U16)
+    ports_map: int = vmstate.field(Bitmap(512))
+    ports: list[PortRecord] = vmstate.field(ListOf(PortRecord, max_len=511))
+    queues: list[VirtQueueRecord] = vmstate.field(ListOf(VirtQueueRecord, max_len=1024))
+
+
+def registry() -> vmstate.Registry:
+    """The emulator's sections, for ``vserial vmstate schema`` and loading."""
+    reg = vmstate.Registry()
+    reg.register(VirtIOSerialRecord)
+    return reg
+
+
+def _map_int(words: list[int]) -> int:
+    return sum(w << (32 * i) for i, w in enumerate(words))
+
+
+def capture(dev: VirtIOSerial) -> VirtIOSerialRecord:
+    """The device's state as a plain record (nothing is changed)."""
+    ports = []
+    for p in dev.ports.values():  # plug order, as QEMU saves them
+        elem = None
+        if p.elem is not None:
+            elem = ElementRecord(
+                head=p.elem.head,
+                out_sg=[SgRecord(a, n) for a, n in p.elem.out_sg],
+                in_sg=[SgRecord(a, n) for a, n in p.elem.in_sg],
+            )
+        ports.append(
+            PortRecord(
+                id=p.id, driver=p.driver, name=p.name, guest_connected=p.guest_connected,
+                host_connected=p.host_connected, throttled=p.throttled,
+                iov_idx=p.iov_idx, iov_offset=p.iov_offset, elem=elem,
+            )
+        )
+    queues = []
+    for q in dev.queues:
+        queues.append(
+            VirtQueueRecord(
+                index=q.index, size=q.size, ready=q.ready, desc_addr=q.desc_addr,
+                avail_addr=q.avail_addr, used_addr=q.used_addr, last_avail_idx=q.last_avail_idx,
+                used_idx=q.used_idx, inuse=q.inuse, signalled_used=q.signalled_used,
+                signalled_used_valid=q.signalled_used_valid,
+            )
+        )
+    return VirtIOSerialRecord(
+        bus=dev.bus_name, max_ports=dev.max_ports, host_features=dev.host_features,
+        guest_features=dev.guest_features, status=dev.status, broken=dev.broken,
+        cols=dev.cols, rows=dev.rows, ports_map=_map_int(dev.ports_map),
+        ports=ports, queues=queues,
+    )
+
+
+def _fail(path: str, reason: str) -> vmstate.ValidationError:
+    return vmstate.ValidationError(f"{SECTION}/{path}" if path else SECTION, reason)
+
+
+def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord) -> None:
+    """Apply a record to a device built from the same command line.
+
+    Guest RAM must be loaded first (queue checks read the rings).  Raises
+    vmstate.ValidationError naming the field; on error nothing changed.
+    """
+    mem = dev.mem
+    if rec.max_ports != dev.max_ports:
+        raise _fail("max_ports", f"stream has {rec.max_ports}, this device {dev.max_ports}")
+    if rec.ports_map != _map_int(dev.ports_map):
+        theirs = [i for i in range(rec.max_ports) if rec.ports_map >> i & 1]
+        ours = [i for i in range(dev.max_ports) if _map_int(dev.ports_map) >> i & 1]
+        raise _fail("ports_map", f"ports in use differ: stream {theirs}, this device {ours}")
+    if rec.guest_features & ~dev.host_features:
+        raise _fail(
+            "guest_features",
+            f"features 0x{rec.guest_features & ~dev.host_features:x} are not offered by this device",
+        )
+    if rec.host_features != dev.host_features:
+        raise _fail("host_features", f"stream 0x{rec.host_features:x}, this device 0x{dev.host_features:x}")
+    if len(rec.queues) != len(dev.queues):
+        raise _fail("queues", f"stream has {len(rec.queues)} queues, this device {len(dev.queues)}")
+    if len(rec.ports) != len(dev.ports) or len({p.id for p in rec.ports}) != len(rec.ports):
+        raise _fail("ports", "ports differ in number or repeat an id")
+    event_idx = bool(rec.guest_features & (1 << 29))
+    queues: list[VirtQueue] = []
+    for i, qr in enumerate(rec.queues):
+        local = dev.queues[i]
+        state = VirtQueueState(
+            index=qr.index, max_size=local.max_size, size=qr.size, desc_addr=qr.desc_addr,
+            avail_addr=qr.avail_addr, used_addr=qr.used_addr, ready=qr.ready,
+            last_avail_idx=qr.last_avail_idx, used_idx=qr.used_idx, inuse=qr.inuse,
+            signalled_used=qr.signalled_used, signalled_used_valid=qr.signalled_used_valid,
+            event_idx=event_idx,
+        )
+        if qr.index != i:
+            raise _fail(f"queues[{i}]/index", f"{qr.index} out of order")
+        try:
+            queues.append(VirtQueue.from_state(state, mem))
+        except (ValueError, GuestError) as err:
+            raise _fail(f"queues[{i}]", str(err)) from None
+    held: dict[int, Element | None] = {}
+    for n, pr in enumerate(rec.ports):
+        path = f"ports[{n}]"
+        port = dev.ports.get(pr.id)
+        if port is None:
+            raise _fail(f"{path}/id", f"no port {pr.id} on this device")
+        if pr.driver != port.driver:
+            raise _fail(f"{path}/driver", f"stream has {pr.driver}, port {pr.id} here is {port.driver}")
+        held[pr.id] = _element(pr, queues[port.tx_queue], mem.size, path)
+    # Everything checked: apply.
+    dev.guest_features = rec.guest_features
+    dev.status = rec.status
+    dev.broken = rec.broken
+    dev.cols, dev.rows = rec.cols, rec.rows
+    dev.queues = queues
+    saved_host: dict[int, bool] = {}
+    for pr in rec.ports:
+        port = dev.ports[pr.id]
+        port.guest_connected = pr.guest_connected
+        port.throttled = pr.throttled
+        port.elem = held[pr.id]
+        port.iov_idx = pr.iov_idx
+        port.iov_offset = pr.iov_offset
+        saved_host[pr.id] = pr.host_connected
+    _post_load(dev, saved_host)
+
+
+def _element(pr: PortRecord, vq: VirtQueue, ram_size: int, path: str) -> Element | None:
+    er = pr.elem
+    if er is None:
+        if pr.iov_idx or pr.iov_offset:
+            raise _fail(f"{path}/iov_idx", "iov position without a held element")
+        return None
+    if not vq.ready or er.head >= vq.size or vq.inuse < 1:
+        raise _fail(f"{path}/elem/head", f"head {er.head} is not in flight on queue {vq.index}")
+    for kind, sgs in (("out_sg", er.out_sg), ("in_sg", er.in_sg)):
+        for k, sg in enumerate(sgs):
+            if not sg.len or sg.addr + sg.len > ram_size:
+                raise _fail(f"{path}/elem/{kind}[{k}]", f"buffer 0x{sg.addr:x}+{sg.len} is not inside RAM")
+    if pr.iov_idx > len(er.out_sg) or (
+        pr.iov_idx < len(er.out_sg) and pr.iov_offset >= er.out_sg[pr.iov_idx].len
+    ) or (pr.iov_idx == len(er.out_sg) and pr.iov_offset):
+        raise _fail(f"{path}/iov_offset", f"position {pr.iov_idx}/{pr.iov_offset} is outside the element")
+    out = [(s.addr, s.len) for s in er.out_sg]
+    ins = [(s.addr, s.len) for s in er.in_sg]
+    return Element(er.head, out, ins, len(out) + len(ins))
+
+
+def _post_load(dev: VirtIOSerial, saved_host: dict[int, bool]) -> None:
+    from .control import Event
+
+    for port in list(dev.ports.values()):
+        if port.host_connected != saved_host[port.id]:
+            dev.send_control_event(port.id, Event.PORT_OPEN, int(port.host_connected))
+        port.set_guest_connected(port.guest_connected)
+    for port in list(dev.ports.values()):
+        if port.throttled and port.host_connected:
+            dev.throttle_port(port, False)
