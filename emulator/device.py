@@ -245,12 +245,13 @@ class VirtIOSerial:
             self._discard_vq_data(vq)
             return
         if not port.throttled:
-            self._flush_queued_data(port)
+            self._flush_queued_data(port, vq)
 
-    def _flush_queued_data(self, port: VirtIOSerialPort) -> None:
+    def _flush_queued_data(self, port: VirtIOSerialPort, vq: VirtQueue | None = None) -> None:
         """do_flush_queued_data: hand guest buffers to the port type, holding
         the element (and where in it we are) when the port throttles."""
-        vq = self.queues[port.tx_queue]
+        if vq is None:
+            vq = self.queues[port.tx_queue]
         if not vq.ready:
             return
         mem = self.mem
@@ -271,21 +272,22 @@ class VirtIOSerial:
                 port.iov_idx = 0
                 port.iov_offset = 0
             sg = elem.out_sg
-            while port.iov_idx < len(sg):
-                addr, length = sg[port.iov_idx]
-                off = port.iov_offset
+            idx, off, count = port.iov_idx, port.iov_offset, len(sg)
+            while idx < count:
+                addr, length = sg[idx]
                 # pop() checked every buffer against RAM: slice without rechecking.
                 taken = port.have_data(ram[addr + off : addr + length])
                 if port.elem is not elem:
                     return  # the port was closed or unplugged under us
                 if port.throttled:
-                    port.iov_offset = off + taken
-                    if port.iov_offset == length:
-                        port.iov_idx += 1
-                        port.iov_offset = 0
+                    off += taken
+                    if off == length:
+                        idx += 1
+                        off = 0
                     break
-                port.iov_offset = 0
-                port.iov_idx += 1
+                off = 0
+                idx += 1
+            port.iov_idx, port.iov_offset = idx, off
             if port.throttled:
                 break
             vq.push(mem, elem, 0)

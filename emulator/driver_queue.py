@@ -133,10 +133,11 @@ class DriverQueue:
 
     def take_used(self, mem: GuestMemory) -> list[Any]:
         """Every used buffer's token, in order (a reclaim loop in one call)."""
-        if _U16_UNPACK(mem.ring_buf, self.used + 2)[0] == self.last_used_idx:
+        used_idx = _U16_UNPACK(mem.ring_buf, self.used + 2)[0]
+        if used_idx == self.last_used_idx:
             return []
         out = []
-        while (got := self.get_buf(mem)) is not None:
+        while self.last_used_idx != used_idx and (got := self.get_buf(mem)) is not None:
             out.append(got[0])
         return out
 
