@@ -116,7 +116,7 @@ def socketpair_raw(chunk: int, total: int) -> float:
     return n * chunk / dt
 
 
-def best(fn, *args, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
+def best(fn, *args, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
     return max(fn(*args) for _ in range(repeat))
 
 
@@ -165,7 +165,7 @@ def main() -> int:
         print(json.dumps(results_all, indent=2))
         return 0
     con = Console()
-    t = Table(title=f"Port throughput, {ns.mib} MiB per run (best of 3)")
+    t = Table(title=f"Port throughput, {ns.mib} MiB per run (best of 5)")
     for col in ("write size", "raw socketpair MB/s", "guest->host MB/s", "ratio", "host->guest MB/s", "ratio"):
         t.add_column(col, justify="right")
     for k, r in results.items():
