@@ -135,9 +135,9 @@ class VirtIOSerial:
             self.effects.append(self._interrupts[vq.index])
 
     def set_broken(self, message: str) -> None:
-        """virtio_error(): report, NEEDS_RESET, stop processing."""
+        """virtio_error(): report, NEEDS_RESET (virtio 1 only), stop processing."""
         self.error_report(message)
-        if self.status & STATUS_FEATURES_OK:
+        if self.guest_features & (1 << vring.VIRTIO_F_VERSION_1):
             self.status |= STATUS_NEEDS_RESET
             self.emit(ConfigInterrupt())
         self.broken = True
@@ -160,6 +160,9 @@ class VirtIOSerial:
         return self.host_features
 
     def set_driver_features(self, features: int) -> None:
+        """virtio_set_features: refused once FEATURES_OK is set."""
+        if self.status & STATUS_FEATURES_OK:
+            return
         self.guest_features = features & self.host_features
         event_idx = bool(self.guest_features & (1 << vring.VIRTIO_RING_F_EVENT_IDX))
         for vq in self.queues:
@@ -176,13 +179,18 @@ class VirtIOSerial:
         return blob[offset : offset + size]
 
     def write_config(self, offset: int, data: bytes) -> None:
-        """Only emerg_wr is writable; a non-zero write emits its low byte on
-        the first console whose host side is connected (set_config)."""
-        if offset != 8 or len(data) != 4 or self.config_size < 12:
+        """A guest config write of any width (virtio_config_write*): the
+        bytes land in the config, then set_config runs.  Only emerg_wr
+        matters: non-zero sends its low byte to the first console whose
+        host side is connected, and it reads back as zero."""
+        size = self.config_size
+        if offset < 0 or not data or offset + len(data) > size:
+            return  # QEMU ignores writes past the config
+        config = bytearray(_CONFIG.pack(self.cols, self.rows, self.max_ports, 0)[:size])
+        config[offset : offset + len(data)] = data
+        if size < 12 or not self.host_features & (1 << control.VIRTIO_CONSOLE_F_EMERG_WRITE):
             return
-        if not self.guest_features & (1 << control.VIRTIO_CONSOLE_F_EMERG_WRITE):
-            return
-        value = int.from_bytes(data, "little")
+        value = int.from_bytes(config[8:12], "little")
         if not value:
             return
         for port in self.ports.values():
@@ -198,18 +206,45 @@ class VirtIOSerial:
             if self.guest_features & ~self.host_features:
                 status &= ~STATUS_FEATURES_OK
         self.status = status | (self.status & STATUS_NEEDS_RESET)
+        # virtio-serial's set_status: a guest without MULTIPORT cannot say it
+        # opened port 0, so the port counts as open once the driver is up.
+        port0 = self.ports.get(0)
+        if port0 is not None and not self.multiport and status & STATUS_DRIVER_OK:
+            port0.guest_connected = True
+        if not status & STATUS_DRIVER_OK:
+            self._guest_reset()
 
     def configure_queue(self, index: int, size: int, desc: int, avail: int, used: int) -> None:
-        self.queues[index].configure(self.mem, size, desc, avail, used)
+        """The transport's queue registers.  A queue that does not exist or a
+        size QEMU's virtio_queue_set_num refuses is ignored; rings outside
+        RAM break the device with QEMU's "Cannot map ..." text."""
+        if not 0 <= index < len(self.queues):
+            return
+        vq = self.queues[index]
+        if not vring.is_valid_size(size) or size > vq.max_size:
+            return
+        for what, addr, length in (
+            ("desc", desc, vring.desc_table_size(size)),
+            ("avail", avail, vring.avail_size(size)),
+            ("used", used, vring.used_size(size)),
+        ):
+            if addr < 0 or addr + length > self.mem.size:
+                self.set_broken(f"Cannot map {what}")
+                return
+        vq.configure(self.mem, size, desc, avail, used)
 
-    def reset(self) -> None:
-        """virtio_reset + vser_reset: guest side forgets everything."""
+    def _guest_reset(self) -> None:
+        """QEMU's guest_reset: held data dropped, the guest side closed."""
         for port in self.ports.values():
             self._discard_throttle_data(port, push=False)
-            port.throttled = False
             if port.guest_connected:
                 port.guest_connected = False
                 port.set_guest_connected(False)
+
+    def reset(self) -> None:
+        """virtio_reset + vser_reset: the guest side forgets everything.
+        ``throttled`` stays, as in QEMU: it follows the host side."""
+        self._guest_reset()
         for vq in self.queues:
             vq.reset()
         self.status = 0
@@ -227,7 +262,8 @@ class VirtIOSerial:
             return
         port = self.ports.get(0 if index < 2 else (index - 2) // 2)
         if index % 2 == 0:
-            if port is not None:
+            # handle_input: only a port open on both sides hears about it.
+            if port is not None and port.host_connected and port.guest_connected:
                 port.guest_writable()
         else:
             self._handle_output(self.queues[index], port)
@@ -300,7 +336,7 @@ class VirtIOSerial:
         """virtio_serial_throttle_port: unthrottling resumes the flush."""
         self.trace("virtio_serial_throttle_port", port=port.id, throttle=int(throttle))
         port.throttled = throttle
-        if throttle or self.broken:
+        if throttle:
             return
         if port.host_connected and port.device is self:
             self._flush_queued_data(port)
@@ -332,16 +368,17 @@ class VirtIOSerial:
             return 0
         if self.multiport and not port.guest_connected:
             return 0
-        # QEMU sums every available buffer; a bounded walk answers the same
-        # question ("can the guest take data now, and about how much").
-        return vq.in_bytes_available(self.mem, 1 << 16)
+        try:
+            # QEMU asks virtqueue_get_avail_bytes for up to 4096 bytes.
+            return vq.in_bytes_available(self.mem, 4096)
+        except GuestError as err:
+            self.set_broken(str(err))
+            return 0
 
     def port_write(self, port: VirtIOSerialPort, data: bytes | memoryview) -> int:
         """virtio_serial_write: copy into the guest's rx buffers; returns the
         bytes taken (the chardev keeps the rest)."""
-        if not port.host_connected or not self.vm_running or self.broken:
-            return 0
-        if not port.guest_connected and (self.multiport or not port.is_console):
+        if not port.host_connected or not port.guest_connected or not self.vm_running or self.broken:
             return 0
         vq = self.queues[port.rx_queue]
         if not vq.ready or not data or not self.status & STATUS_DRIVER_OK:
@@ -462,8 +499,6 @@ class VirtIOSerial:
         elif event == Event.PORT_OPEN:
             port.guest_connected = bool(value)
             port.set_guest_connected(bool(value))
-            if port.guest_connected and port.chardev is not None:
-                port.guest_writable()
 
     # ------------------------------------------------------- plug and unplug
     def find_port_by_name(self, name: str) -> VirtIOSerialPort | None:

@@ -113,11 +113,12 @@ class DriverQueue:
     def _publish(self, buf: bytearray, dirty: bytearray, head: int) -> None:
         avail = self.avail
         idx = self.avail_idx
-        _U16_PACK(buf, avail + 4 + 2 * (idx % self.num), head)
+        slot = avail + 4 + 2 * (idx % self.num)
+        _U16_PACK(buf, slot, head)
+        dirty[slot >> 12] = 1
         idx = self.avail_idx = (idx + 1) & 0xFFFF
         _U16_PACK(buf, avail + 2, idx)
         dirty[avail >> 12] = 1
-        dirty[(avail + 4 + 2 * self.num) >> 12] = 1
         self.num_added += 1
 
     def kick_needed(self, mem: GuestMemory) -> bool:

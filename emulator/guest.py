@@ -165,24 +165,36 @@ class PortsDevice:
         dev.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK)
         self.probed = True
         if self.multiport:
-            added = self.fill_queue(self.queues[2])
-            self.send_control(BAD_ID, Event.DEVICE_READY, 1 if added else 0)
+            try:
+                self.fill_queue(self.queues[2])
+            except GuestOSError:
+                # "Error allocating buffers for control queue": tell the
+                # host, then the probe fails.
+                self.send_control(BAD_ID, Event.DEVICE_READY, 0)
+                self.probed = False
+                raise
+            self.send_control(BAD_ID, Event.DEVICE_READY, 1)
         else:
             self.add_port(0)
 
     def fill_queue(self, q: DriverQueue) -> int:
-        """fill_queue: one page-sized buffer per free entry."""
+        """fill_queue: page-sized buffers until the ring is full; returns how
+        many were added.  Raises ENOMEM when an allocation fails (what was
+        added stays posted) and ENOSPC when the ring was full already."""
         added = 0
-        while q.num_free:
-            try:
+        try:
+            while True:
                 addr = self.kernel.kmalloc.alloc(RX_BUF_SIZE)
-            except GuestOSError:
-                break
-            q.add(self.mem, [], [(addr, RX_BUF_SIZE)], addr)
-            added += 1
-        if added:
-            self.kick(q)
-        return added
+                if not q.num_free:
+                    self.kernel.kmalloc.free(addr)
+                    raise _oserror(errno.ENOSPC, "fill_queue")
+                q.add_one(self.mem, addr, RX_BUF_SIZE, vring.VRING_DESC_F_WRITE, addr)
+                added += 1
+                if not q.num_free:
+                    return added
+        finally:
+            if added:
+                self.kick(q)
 
     def add_inbuf(self, q: DriverQueue, addr: int) -> None:
         q.add(self.mem, [], [(addr, RX_BUF_SIZE)], addr)
@@ -269,14 +281,16 @@ class PortsDevice:
             self.warnings.append(f"Error allocating port {port_id}")
             self.send_control(port_id, Event.PORT_READY, 0)
             return
-        # Buffers may still sit in the ring from an earlier port at this id
-        # (we leave them posted on removal); those count as filled.
-        posted = port.in_vq.num - port.in_vq.num_free
-        added = self.fill_queue(port.in_vq)
-        if not added and not posted:
-            self.send_control(port_id, Event.PORT_READY, 0)
-            self.warnings.append(f"Error allocating inbufs for port {port_id}")
-            return
+        # "We can safely ignore ENOSPC because it means the queue already has
+        # buffers. Buffers are removed only by virtcons_remove(), not by
+        # unplug_port()" (Linux add_port).
+        try:
+            self.fill_queue(port.in_vq)
+        except GuestOSError as err:
+            if err.errno != errno.ENOSPC:
+                self.send_control(port_id, Event.PORT_READY, 0)
+                self.warnings.append(f"Error allocating inbufs for port {port_id}")
+                return
         self.ports[port_id] = port
         self.kernel.port_added(port)
         if not self.multiport:

@@ -82,9 +82,16 @@ class Machine:
 
     # ------------------------------------------------------------ device_add
     def device_add(self, props: dict[str, Any], *, from_json: bool = False) -> VirtIOSerial | VirtIOSerialPort:
-        """Create a device the way ``qdev_device_add`` does.  Raises
-        ConfigError with QEMU's message; on error nothing has changed."""
-        props = dict(props)
+        """Create a device the way ``qdev_device_add`` does, checks in its
+        order: driver, bus, id, properties, realize.  Raises ConfigError
+        with QEMU's message; on error nothing has changed.
+
+        ``from_json``: the values come from QMP.  QEMU 7.2's device_add goes
+        through QemuOpts, so JSON scalars become strings first (true -> "on",
+        4 -> "4") and other JSON values are ignored; then every property is
+        parsed as on the command line.
+        """
+        props = qdev.opts_from_json(props) if from_json else dict(props)
         driver = props.pop("driver", None)
         if driver is None:
             raise ConfigError("Parameter 'driver' is missing")
@@ -92,19 +99,17 @@ class Machine:
         if qdev_id is not None:
             qdev_id = qdev.check_id(qdev_id)
         if driver in TRANSPORT_DRIVERS:
-            return self._add_serial_device(TRANSPORT_DRIVERS[driver], qdev_id, props, from_json)
+            return self._add_serial_device(TRANSPORT_DRIVERS[driver], qdev_id, props)
         cls = self.port_types.get(driver)
         if cls is None:
             raise ConfigError(f"'{driver}' is not a valid device model name")
-        return self._add_port(cls, qdev_id, props, from_json)
+        return self._add_port(cls, qdev_id, props)
 
     def _check_free_id(self, qdev_id: str | None) -> None:
         if qdev_id is not None and qdev_id in self.qdev_ids:
             raise ConfigError(f"Duplicate device ID '{qdev_id}'")
 
-    def _add_serial_device(
-        self, driver: str, qdev_id: str | None, props: dict[str, Any], from_json: bool
-    ) -> VirtIOSerial:
+    def _add_serial_device(self, driver: str, qdev_id: str | None, props: dict[str, Any]) -> VirtIOSerial:
         values: dict[str, Any] = {"max_ports": DEFAULT_MAX_PORTS, "emergency-write": True}
         bus = props.pop("bus", None)
         if bus is not None:
@@ -113,12 +118,12 @@ class Machine:
                 if self.find_bus(str(bus)) is not None:
                     raise ConfigError(f"Device '{driver}' can't go on virtio-serial-bus bus")
                 raise ConfigError(f"Bus '{bus}' not found")
+        self._check_free_id(qdev_id)
         for key, raw in props.items():
             kind = qdev.SERIAL_DEVICE_PROPERTIES.get(key)
             if kind is None:
                 raise ConfigError(f"Property '{driver}.{key}' not found")
-            values[key] = qdev.convert(key, kind, raw, from_json=from_json)
-        self._check_free_id(qdev_id)
+            values[key] = qdev.convert(key, kind, raw)
         if qdev_id is not None:
             bus_name = f"{qdev_id}.0"
             auto = False
@@ -147,14 +152,10 @@ class Machine:
         self.pump()
         return dev
 
-    def _add_port(
-        self, cls: type[VirtIOSerialPort], qdev_id: str | None, props: dict[str, Any], from_json: bool
-    ) -> VirtIOSerialPort:
+    def _add_port(self, cls: type[VirtIOSerialPort], qdev_id: str | None, props: dict[str, Any]) -> VirtIOSerialPort:
         driver = cls.driver
         bus_name = props.pop("bus", None)
         if bus_name is not None:
-            if from_json and not isinstance(bus_name, str):
-                raise ConfigError("Invalid parameter type for 'bus', expected: string")
             dev = self.find_bus(bus_name)
             if dev is None:
                 if bus_name == "pci.0":
@@ -164,13 +165,17 @@ class Machine:
             if not self.devices:
                 raise ConfigError(f"No 'virtio-serial-bus' bus found for device '{driver}'")
             dev = self.devices[-1]
+        self._check_free_id(qdev_id)
         kwargs: dict[str, Any] = {"nr": BAD_ID}
         for key, raw in props.items():
             kind = qdev.PORT_PROPERTIES.get(key) or cls.extra_properties.get(key)
             if kind is None:
                 raise ConfigError(f"Property '{driver}.{key}' not found")
-            value = qdev.convert(key, kind, raw, from_json=from_json)
+            value = qdev.convert(key, kind, raw)
             if key == "chardev":
+                if value == "":
+                    kwargs.pop("chardev", None)  # set_chr: an empty name means none
+                    continue
                 chr_ = self.chardevs.get(value)
                 if chr_ is None:
                     raise ConfigError(f"Property '{driver}.chardev' can't find value '{value}'")
@@ -180,7 +185,6 @@ class Machine:
                     )
                 value = chr_
             kwargs[key] = value
-        self._check_free_id(qdev_id)
         port = cls(qdev_id=qdev_id, **kwargs)
         dev.plug(port)
         if qdev_id is not None:

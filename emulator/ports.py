@@ -148,6 +148,11 @@ class VirtConsoleBase(VirtIOSerialPort):
             self.chardev.set_fe_open(connected)
         if self.qdev_id is not None and self.device is not None:
             self.device.emit(QmpEvent("VSERPORT_CHANGE", {"id": self.qdev_id, "open": connected}))
+        if connected and self.chardev is not None:
+            # QEMU's main loop polls chr_can_read on every iteration, so host
+            # data that waited for the guest to open the port now flows;
+            # a sans-IO backend has to be told.
+            self.chardev.accept_input()
 
     def guest_writable(self) -> None:
         if self.chardev is not None:

@@ -1,11 +1,11 @@
 """qdev-style device creation: option strings, typed properties, buses.
 
-This is the layer QEMU's ``-device`` and ``device_add`` share.  Values come
-either as strings (the command line, QEMU's keyval visitor) or as JSON
-scalars (QMP); both are converted with QEMU's checks and messages:
+This is the layer QEMU's ``-device`` and ``device_add`` share.  In QEMU 7.2
+both go through QemuOpts, so every value is a string by the time it is
+parsed (``opts_from_json`` turns QMP's JSON scalars into those strings), and
+the messages are the command line's:
 
-* ``Parameter 'nr' expects integer`` / ``... expects uint32_t`` (string form)
-* ``Invalid parameter type for 'nr', expected: integer`` (JSON form)
+* ``Parameter 'nr' expects integer`` / ``... expects uint32_t``
 * ``Parameter 'emergency-write' expects 'on' or 'off'``
 * ``Property 'virtserialport.foo' not found``
 """
@@ -89,29 +89,34 @@ def _strtou64(text: str) -> int | None:
     return (-v) % 2**64 if neg else v
 
 
-def convert(name: str, kind: str, value: Any, *, from_json: bool) -> Any:
-    """Convert one property value the way QEMU's visitors do."""
+def opts_from_json(props: dict[str, Any]) -> dict[str, str]:
+    """qemu_opts_from_qdict: QMP's JSON arguments as QemuOpts strings.
+    Strings stay, numbers print as numbers, booleans become on/off, and
+    anything else (null, lists, objects) is dropped silently, as in QEMU."""
+    out: dict[str, str] = {}
+    for key, value in props.items():
+        if isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, bool):
+            out[key] = "on" if value else "off"
+        elif isinstance(value, int):
+            out[key] = str(value)
+        elif isinstance(value, float):
+            out[key] = f"{value:.17g}"  # qnum_to_string
+    return out
+
+
+def convert(name: str, kind: str, value: str) -> Any:
+    """Parse one property string the way QEMU's keyval visitor does."""
     if kind in _INT_LIMITS:
         lo, hi = _INT_LIMITS[kind]
-        if from_json:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"Invalid parameter type for '{name}', expected: integer")
-            v = value
-            if v < 0:
-                raise ConfigError(f"Parameter '{name}' expects {kind}_t")
-        else:
-            parsed = _strtou64(str(value))
-            if parsed is None:
-                raise ConfigError(f"Parameter '{name}' expects integer")
-            v = parsed
-        if not lo <= v <= hi:
+        parsed = _strtou64(str(value))
+        if parsed is None:
+            raise ConfigError(f"Parameter '{name}' expects integer")
+        if not lo <= parsed <= hi:
             raise ConfigError(f"Parameter '{name}' expects {kind}_t")
-        return v
+        return parsed
     if kind == "bool":
-        if from_json:
-            if not isinstance(value, bool):
-                raise ConfigError(f"Invalid parameter type for '{name}', expected: boolean")
-            return value
         text = str(value)
         if text in ("on", "yes", "true", "y"):
             return True
@@ -119,8 +124,6 @@ def convert(name: str, kind: str, value: Any, *, from_json: bool) -> Any:
             return False
         raise ConfigError(f"Parameter '{name}' expects 'on' or 'off'")
     if kind == "str":
-        if from_json and not isinstance(value, str):
-            raise ConfigError(f"Invalid parameter type for '{name}', expected: string")
         return str(value)
     raise ValueError(f"unknown property kind {kind}")
 

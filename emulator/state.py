@@ -7,13 +7,16 @@ the same ``nr=`` values), validates every queue and held element exactly as
 construction would, and only then applies it - a record that does not fit
 raises ``vmstate.ValidationError`` and changes nothing.
 
-After a restore, as QEMU's virtio_serial_post_load_timer_cb does, a port
-whose local host connection differs from the saved one tells the guest with
-PORT_OPEN (the local value), and every port reports its loaded guest state
-(VSERPORT_CHANGE for ports with an id; a serial port's chardev learns it).
-QEMU leaves a throttled port waiting for a chardev watch that the
-destination never armed; here the flush is retried once, so held guest data
-drains as soon as the new host side can take it.
+As in QEMU's virtio_serial_load_device, ``throttled`` is not saved: every
+port that holds an element is unthrottled while loading (traced), so held
+guest data flows to the destination's host as soon as it can take it.
+Then, as virtio_serial_post_load_timer_cb does for the ports in the stream,
+a port whose local host connection differs from the saved one tells the
+guest with PORT_OPEN (the local value), and every such port reports its
+loaded guest state (VSERPORT_CHANGE for ports with an id; a serial port's
+chardev learns it).  The destination may have ports the stream does not
+(a console at id 0, whose bit is always set in the map); those are left
+as they are.
 """
 
 from __future__ import annotations
@@ -71,7 +74,6 @@ class PortRecord:
     name: str | None = vmstate.field(Optional(Str(max_len=4096)))
     guest_connected: bool = vmstate.field(Bool)
     host_connected: bool = vmstate.field(Bool)
-    throttled: bool = vmstate.field(Bool)
     iov_idx: int = vmstate.field(U32)
     iov_offset: int = vmstate.field(U32)
     elem: ElementRecord | None = vmstate.field(Optional(Nested(ElementRecord)))
@@ -118,7 +120,7 @@ def capture(dev: VirtIOSerial) -> VirtIOSerialRecord:
         ports.append(
             PortRecord(
                 id=p.id, driver=p.driver, name=p.name, guest_connected=p.guest_connected,
-                host_connected=p.host_connected, throttled=p.throttled,
+                host_connected=p.host_connected,
                 iov_idx=p.iov_idx, iov_offset=p.iov_offset, elem=elem,
             )
         )
@@ -166,8 +168,8 @@ def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord) -> None:
         raise _fail("host_features", f"stream 0x{rec.host_features:x}, this device 0x{dev.host_features:x}")
     if len(rec.queues) != len(dev.queues):
         raise _fail("queues", f"stream has {len(rec.queues)} queues, this device {len(dev.queues)}")
-    if len(rec.ports) != len(dev.ports) or len({p.id for p in rec.ports}) != len(rec.ports):
-        raise _fail("ports", "ports differ in number or repeat an id")
+    if len({p.id for p in rec.ports}) != len(rec.ports):
+        raise _fail("ports", "a port id appears twice")
     event_idx = bool(rec.guest_features & (1 << 29))
     queues: list[VirtQueue] = []
     for i, qr in enumerate(rec.queues):
@@ -204,11 +206,16 @@ def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord) -> None:
     for pr in rec.ports:
         port = dev.ports[pr.id]
         port.guest_connected = pr.guest_connected
-        port.throttled = pr.throttled
+        port.throttled = False
         port.elem = held[pr.id]
         port.iov_idx = pr.iov_idx
         port.iov_offset = pr.iov_offset
         saved_host[pr.id] = pr.host_connected
+    # fetch_active_ports_list: a held element means "resume the flush".
+    for pr in rec.ports:
+        port = dev.ports[pr.id]
+        if port.elem is not None:
+            dev.throttle_port(port, False)
     _post_load(dev, saved_host)
 
 
@@ -236,10 +243,8 @@ def _element(pr: PortRecord, vq: VirtQueue, ram_size: int, path: str) -> Element
 def _post_load(dev: VirtIOSerial, saved_host: dict[int, bool]) -> None:
     from .control import Event
 
-    for port in list(dev.ports.values()):
-        if port.host_connected != saved_host[port.id]:
+    for port_id, host_connected in saved_host.items():
+        port = dev.ports[port_id]
+        if port.host_connected != host_connected:
             dev.send_control_event(port.id, Event.PORT_OPEN, int(port.host_connected))
         port.set_guest_connected(port.guest_connected)
-    for port in list(dev.ports.values()):
-        if port.throttled and port.host_connected:
-            dev.throttle_port(port, False)

@@ -366,14 +366,18 @@ def test_emergency_write_goes_to_first_host_connected_console() -> None:
     assert b.take() == b""
 
 
-def test_emergency_write_needs_the_feature_negotiated() -> None:
+def test_emergency_write_follows_the_offered_feature_not_the_negotiated_one() -> None:
+    # QEMU's set_config checks host_features only.
     b = MemoryChardev("b")
     m = machine({"driver": "virtconsole", "chardev": "b"}, chardevs=(b,))
     dev = m.devices[0]
-    drv = RawDriver(dev)
-    drv.negotiate(dev.device_features() & ~EMERG_WRITE)
+    RawDriver(dev).negotiate(dev.device_features() & ~EMERG_WRITE)
     dev.write_config(8, b"x\0\0\0")
-    assert b.take() == b""
+    assert b.take() == b"x"
+    off = MemoryChardev("off")
+    m2 = machine({"driver": "virtconsole", "chardev": "off"}, chardevs=(off,), **{"emergency-write": "off"})
+    m2.devices[0].write_config(8, b"x\0\0\0")
+    assert off.take() == b""
 
 
 # ---------------------------------------------------------------- broken device

@@ -84,8 +84,7 @@ def reference_pop(ram: bytes, num: int, desc: int, avail: int, last_avail: int, 
     out_sg: list[tuple[int, int]] = []
     in_sg: list[tuple[int, int]] = []
     while True:
-        if indirect and flags & F_INDIRECT:
-            return ("error", "Indirect descriptor in indirect table")
+        # QEMU 7.2 has no nested-indirect check: INDIRECT inside a table is ignored.
         writable = bool(flags & F_WRITE)
         if not writable and in_sg:
             return ("error", "Incorrect order for descriptors")
@@ -276,7 +275,6 @@ ERROR_PREFIXES = (
     "virtio: zero sized buffers are not allowed",
     "Invalid size for indirect buffer table",
     "Cannot map indirect buffer",
-    "Indirect descriptor in indirect table",
     "virtio: bogus descriptor or out of resources",
     "virtio: too many write descriptors in indirect table",
 )
@@ -344,23 +342,25 @@ def test_pop_on_random_rings_yields_valid_elements_or_ring_errors(
 
 @FUZZ
 @given(queue=queues(), data=st.data())
-def test_in_bytes_available_never_raises_and_never_pops(
+def test_in_bytes_available_counts_clean_rings_and_reports_bad_ones(
     queue: tuple[GuestMemory, VirtQueue, int], data: st.DataObject
 ) -> None:
     mem, vq, num = queue
     vq.inuse = 0
     vq.used_idx = vq.last_avail_idx
     before = vq.state()
-    n = vq.in_bytes_available(mem, 1 << 40)
-    assert n >= 0
+    try:
+        n: int | None = vq.in_bytes_available(mem, 1 << 40)
+    except RingError as err:
+        # QEMU's virtqueue_split_get_avail_bytes reports ring faults itself.
+        assert str(err).startswith(ERROR_PREFIXES), str(err)
+        n = None
+    # Never pops and never changes the queue, whatever the ring holds.
     assert vq.state() == before
-    # When every pending chain is well formed and they fit the ring (the
-    # bound QEMU also applies), it counts exactly their writable bytes; with
-    # a smaller ``want`` it may stop early, never short of ``want``.
     ram = mem.read(0, RAM)
     pending = (mem.read_u16(AVAIL_AT + 2) - vq.last_avail_idx) & 0xFFFF
     if pending > num:
-        assert n == 0
+        assert n is None  # "Guest moved used index"
         return
     last, total, descs, clean = vq.last_avail_idx, 0, 0, True
     for _ in range(pending):
@@ -375,6 +375,9 @@ def test_in_bytes_available_never_raises_and_never_pops(
     clean = clean and descs <= num
     event(f"in_bytes: {'clean' if clean else 'not clean'}, {'some' if total else 'no'} bytes")
     if clean:
+        # Every pending chain well formed and within the ring's bound (QEMU
+        # applies the same): exactly their writable bytes; with a smaller
+        # ``want`` it may stop early, never short of ``want``.
         assert n == total
         want = data.draw(st.integers(1, max(1, total)), label="want")
         assert min(want, total) <= vq.in_bytes_available(mem, want) <= total

@@ -457,16 +457,19 @@ def test_in_bytes_available_counts_indirect_tables(ring: Ring) -> None:
     assert ring.vq.in_bytes_available(ring.mem, 1000) == 40
 
 
-def test_in_bytes_available_stops_at_a_malformed_chain(ring: Ring) -> None:
+def test_in_bytes_available_reports_a_malformed_chain_like_qemu(ring: Ring) -> None:
     ring.set_desc(0, 0x1000, 10, F_WRITE)
     ring.set_desc(1, 0x1000, 20, F_WRITE | F_NEXT, 1)  # loops on itself
     ring.set_desc(2, 0x1000, 30, F_WRITE)
     ring.publish(0, 1, 2)
-    # QEMU counts nothing of a ring with a loop; we count the chains before
-    # it, so the device pops them and then meets (and reports) the loop.
-    assert ring.vq.in_bytes_available(ring.mem, 1 << 20) == 10
+    # Enough bytes before the loop: counting stops there, as QEMU's does.
+    assert ring.vq.in_bytes_available(ring.mem, 10) == 10
+    # Counting on meets the loop: QEMU's virtio_error text.
+    with pytest.raises(RingError, match="^Looped descriptor$"):
+        ring.vq.in_bytes_available(ring.mem, 1 << 20)
     ring.set_avail_idx(NUM + 1)
-    assert ring.vq.in_bytes_available(ring.mem, 1 << 20) == 0
+    with pytest.raises(RingError, match=f"^Guest moved used index from 0 to {NUM + 1}$"):
+        ring.vq.in_bytes_available(ring.mem, 1 << 20)
 
 
 # ------------------------------------------------------------------- unpop
@@ -618,14 +621,16 @@ def test_indirect_table_outside_ram(ring: Ring, addr: int, length: int) -> None:
     _expect_ring_error(ring, "Cannot map indirect buffer")
 
 
-def test_indirect_descriptor_inside_an_indirect_table(ring: Ring) -> None:
+def test_indirect_flag_inside_an_indirect_table_is_ignored(ring: Ring) -> None:
+    # QEMU 7.2's virtqueue_split_pop looks only at WRITE and NEXT inside a
+    # table (FACTS.md section 5): the inner descriptor is an ordinary buffer.
     table = ring.buf(32)
     inner = ring.buf(16)
-    ring.set_desc(0, 0x4000, 4, F_WRITE, table=inner)
     ring.set_desc(0, inner, 16, F_INDIRECT, table=table)
-    ring.set_desc(0, table, 32, F_INDIRECT)
+    ring.set_desc(0, table, 16, F_INDIRECT)
     ring.publish(0)
-    _expect_ring_error(ring, "Indirect descriptor in indirect table")
+    elem = ring.vq.pop(ring.mem)
+    assert elem is not None and elem.out_sg == [(inner, 16)] and elem.in_sg == []
 
 
 def test_more_than_virtqueue_max_size_buffers_in_an_indirect_table() -> None:
@@ -675,19 +680,17 @@ def test_error_under_event_idx_also_gives_the_head_back() -> None:
 # ============================================================ configuration
 
 
-def test_configure_validates_size_alignment_and_ram() -> None:
+def test_configure_validates_size_and_ram_but_not_alignment() -> None:
     mem = GuestMemory(RAM)
     vq = VirtQueue(3, 128)
     with pytest.raises(GuestError, match="size 256 is invalid"):
         vq.configure(mem, 256, 0x1000, 0x2000, 0x3000)
     with pytest.raises(GuestError, match="size 48 is invalid"):
         vq.configure(mem, 48, 0x1000, 0x2000, 0x3000)
-    with pytest.raises(GuestError, match="misaligned"):
-        vq.configure(mem, 128, 0x1008, 0x2000, 0x3000)
-    with pytest.raises(GuestError, match="misaligned"):
-        vq.configure(mem, 128, 0x1000, 0x2001, 0x3000)
-    with pytest.raises(GuestError, match="misaligned"):
-        vq.configure(mem, 128, 0x1000, 0x2000, 0x3002)
+    # QEMU maps rings at any address; the spec's alignment is the driver's duty.
+    other = VirtQueue(4, 128)
+    other.configure(mem, 128, 0x1008, 0x2001, 0x3002)
+    assert other.ready and other.used_addr == 0x3002
     with pytest.raises(MemoryAccessError):
         vq.configure(mem, 128, RAM - 16, 0x2000, 0x3000)
     with pytest.raises(MemoryAccessError):
@@ -767,12 +770,9 @@ def _bad_fields(r: Ring) -> list[tuple[str, object]]:
         ("size", 16),  # above max_size
         ("size", 8.0),
         ("desc_addr", ram - 16),
-        ("desc_addr", r.drv.desc + 8),
         ("desc_addr", -16),
         ("avail_addr", ram - 2),
-        ("avail_addr", r.drv.avail + 1),
         ("used_addr", ram - 4),
-        ("used_addr", r.drv.used + 2),
         ("used_addr", 2**64),
         ("ready", 1),
         ("ready", "yes"),

@@ -1,8 +1,8 @@
-"""Review findings against QEMU 7.2 / Linux virtio_console / DESIGN.md.
+"""Conformance with QEMU 7.2 and Linux virtio_console, from a review.
 
-Each test pins the expected (QEMU or Linux) behaviour and is a strict xfail
-until the code is fixed; the reason names the finding.  Sources: FACTS.md
-sections and the QEMU 7.2 / Linux functions named in each reason.
+Each test pins a behaviour the first version of the emulator got wrong; the
+comment above it says what was wrong and where the fact comes from
+(fixtures/qemu/FACTS.md sections, QEMU 7.2 and Linux function names).
 """
 
 from __future__ import annotations
@@ -61,11 +61,8 @@ def open_port1(m: Machine) -> RawDriver:
 
 
 # ------------------------------------------------------------ ring validation
-@pytest.mark.xfail(
-    strict=True,
-    reason="virtqueue.pop raises a non-QEMU 'Indirect descriptor in indirect table' error; "
-    "QEMU 7.2 virtqueue_split_pop ignores INDIRECT inside a table (FACTS.md §5.6)",
-)
+# Was: virtqueue.pop raises a non-QEMU 'Indirect descriptor in indirect table' error; QEMU 7.2
+# virtqueue_split_pop ignores INDIRECT inside a table (FACTS.md §5.6)
 def test_indirect_flag_inside_an_indirect_table_is_ignored_like_qemu() -> None:
     m = serial_machine({"driver": "virtserialport", "nr": "1", "chardev": "c1"}, chardevs=(MemoryChardev("c1"),))
     dev = m.devices[0]
@@ -81,29 +78,23 @@ def test_indirect_flag_inside_an_indirect_table_is_ignored_like_qemu() -> None:
     assert m.host_receive("c1") == b"hello"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="port_guest_ready (chr_can_read) silently returns 0 on a malformed rx ring; QEMU's "
-    "virtio_serial_guest_ready -> virtqueue_get_avail_bytes calls virtio_error (FACTS.md §3, §5), "
-    "so a backend that honours can_read never pops and the device never breaks",
-)
+# Was: port_guest_ready (chr_can_read) silently returns 0 on a malformed rx ring; QEMU's
+# virtio_serial_guest_ready -> virtqueue_get_avail_bytes calls virtio_error (FACTS.md §3, §5), so
+# a backend that honours can_read never pops and the device never breaks
 def test_can_read_on_a_malformed_rx_ring_marks_the_device_broken() -> None:
     m = serial_machine({"driver": "virtserialport", "nr": "1", "chardev": "c1"}, chardevs=(MemoryChardev("c1"),))
     dev = m.devices[0]
     drv = open_port1(m)
     q = drv.queue(4)
     buf = drv.kmalloc.alloc(4096)
-    publish_raw(m.mem, q, [(buf, 4096, WRITE | NEXT, 200)])
+    publish_raw(m.mem, q, [(buf, 100, WRITE | NEXT, 200)])  # under the 4096 bytes QEMU asks for
     dev.ports[1].chr_can_read()  # type: ignore[attr-defined]
     assert dev.broken
     assert "Desc next is 200" in dev.errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="set_broken sets NEEDS_RESET when FEATURES_OK is set; QEMU's virtio_error sets it only "
-    "when VIRTIO_F_VERSION_1 was negotiated (FACTS.md §5)",
-)
+# Was: set_broken sets NEEDS_RESET when FEATURES_OK is set; QEMU's virtio_error sets it only when
+# VIRTIO_F_VERSION_1 was negotiated (FACTS.md §5)
 def test_broken_legacy_device_without_version_1_gets_no_needs_reset() -> None:
     m = serial_machine()
     dev = m.devices[0]
@@ -119,12 +110,9 @@ def test_broken_legacy_device_without_version_1_gets_no_needs_reset() -> None:
 
 
 # --------------------------------------------------- guest-controlled transport
-@pytest.mark.xfail(
-    strict=True,
-    reason="configure_queue lets guest-chosen queue index/geometry raise (IndexError, GuestError, "
-    "MemoryAccessError) into the caller; QEMU ignores bad sizes/indices and reports unmappable "
-    "rings with virtio_error, never an exception",
-)
+# Was: configure_queue lets guest-chosen queue index/geometry raise (IndexError, GuestError,
+# MemoryAccessError) into the caller; QEMU ignores bad sizes/indices and reports unmappable rings
+# with virtio_error, never an exception
 @pytest.mark.parametrize(
     ("index", "size", "desc", "avail", "used"),
     [
@@ -140,11 +128,8 @@ def test_configure_queue_with_guest_values_never_raises(index: int, size: int, d
     dev.configure_queue(index, size, desc, avail, used)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a ring outside RAM raises MemoryAccessError instead of QEMU's virtio_error "
-    "'Cannot map desc' (virtio_init_region_cache)",
-)
+# Was: a ring outside RAM raises MemoryAccessError instead of QEMU's virtio_error 'Cannot map
+# desc' (virtio_init_region_cache)
 def test_configure_queue_outside_ram_marks_device_broken_with_cannot_map_desc() -> None:
     dev = serial_machine().devices[0]
     RawDriver(dev).negotiate()
@@ -155,11 +140,8 @@ def test_configure_queue_outside_ram_marks_device_broken_with_cannot_map_desc() 
     assert dev.broken and "Cannot map desc" in dev.errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="set_driver_features accepts new features after FEATURES_OK (and flips EVENT_IDX on live "
-    "queues); QEMU virtio_set_features refuses once FEATURES_OK is set",
-)
+# Was: set_driver_features accepts new features after FEATURES_OK (and flips EVENT_IDX on live
+# queues); QEMU virtio_set_features refuses once FEATURES_OK is set
 def test_features_cannot_change_after_features_ok() -> None:
     dev = serial_machine().devices[0]
     ready_device(dev)
@@ -170,11 +152,8 @@ def test_features_cannot_change_after_features_ok() -> None:
 
 
 # ------------------------------------------------------------ emergency write
-@pytest.mark.xfail(
-    strict=True,
-    reason="write_config requires the guest to have negotiated EMERG_WRITE; QEMU set_config checks "
-    "only host_features (FACTS.md §3 set_config)",
-)
+# Was: write_config requires the guest to have negotiated EMERG_WRITE; QEMU set_config checks only
+# host_features (FACTS.md §3 set_config)
 def test_emergency_write_works_when_offered_even_if_not_negotiated() -> None:
     m = serial_machine({"driver": "virtconsole", "chardev": "con"}, chardevs=(MemoryChardev("con"),))
     dev = m.devices[0]
@@ -185,12 +164,9 @@ def test_emergency_write_works_when_offered_even_if_not_negotiated() -> None:
     assert m.host_receive("con") == b"A"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="write_config ignores config writes that are not exactly 4 bytes at offset 8; QEMU's "
-    "virtio_config_*_writeb/w store into the config and call set_config, so a 1-byte write to "
-    "emerg_wr is an emergency write",
-)
+# Was: write_config ignores config writes that are not exactly 4 bytes at offset 8; QEMU's
+# virtio_config_*_writeb/w store into the config and call set_config, so a 1-byte write to
+# emerg_wr is an emergency write
 def test_emergency_write_by_a_single_byte_config_write() -> None:
     m = serial_machine({"driver": "virtconsole", "chardev": "con"}, chardevs=(MemoryChardev("con"),))
     dev = m.devices[0]
@@ -200,11 +176,8 @@ def test_emergency_write_by_a_single_byte_config_write() -> None:
 
 
 # ------------------------------------------------------ set_status / handle_input
-@pytest.mark.xfail(
-    strict=True,
-    reason="set_status never marks port 0 guest_connected on a non-multiport device at DRIVER_OK "
-    "(QEMU set_status, FACTS.md §3); qtree/state/describe show the console as guest-closed",
-)
+# Was: set_status never marks port 0 guest_connected on a non-multiport device at DRIVER_OK (QEMU
+# set_status, FACTS.md §3); qtree/state/describe show the console as guest-closed
 def test_non_multiport_console_is_guest_connected_at_driver_ok() -> None:
     m = serial_machine({"driver": "virtconsole", "chardev": "con"}, chardevs=(MemoryChardev("con"),), max_ports="1")
     m.boot()
@@ -222,11 +195,8 @@ class _CountingPort(VirtIOSerialPort):
         self.writable_calls += 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kick on an rx queue calls the port type's guest_writable hook unconditionally; QEMU "
-    "handle_input calls it only when guest_connected && host_connected (FACTS.md §3)",
-)
+# Was: kick on an rx queue calls the port type's guest_writable hook unconditionally; QEMU
+# handle_input calls it only when guest_connected && host_connected (FACTS.md §3)
 def test_guest_writable_hook_not_called_while_port_is_closed() -> None:
     m = Machine(port_types={**BUILTIN_PORT_TYPES, _CountingPort.driver: _CountingPort})
     m.device_add({"driver": "virtio-serial"})
@@ -237,44 +207,32 @@ def test_guest_writable_hook_not_called_while_port_is_closed() -> None:
 
 
 # ------------------------------------------------------------ device_add layer
-@pytest.mark.xfail(
-    strict=True,
-    reason="device_add checks properties before the duplicate id; QEMU qdev_device_add sets the id "
-    "(qdev_set_id) before any property, so QMP answers \"Duplicate device ID 'p0'\" (checked on 7.2)",
-)
+# Was: device_add checks properties before the duplicate id; QEMU qdev_device_add sets the id
+# (qdev_set_id) before any property, so QMP answers "Duplicate device ID 'p0'" (checked on 7.2)
 def test_duplicate_device_id_is_reported_before_property_errors() -> None:
     m = serial_machine({"driver": "virtserialport", "id": "p0"})
     with pytest.raises(ConfigError, match=r"^Duplicate device ID 'p0'$"):
         m.device_add({"driver": "virtserialport", "id": "p0", "foo": "1"}, from_json=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chardev='' is refused with \"can't find value ''\"; QEMU's set_chr treats an empty "
-    "string as no chardev (checked on 7.2: -device virtserialport,chardev= starts)",
-)
+# Was: chardev='' is refused with "can't find value ''"; QEMU's set_chr treats an empty string as
+# no chardev (checked on 7.2: -device virtserialport,chardev= starts)
 def test_empty_chardev_property_means_no_chardev() -> None:
     m = serial_machine()
     port = m.device_add({"driver": "virtserialport", "chardev": ""})
     assert isinstance(port, VirtIOSerialPort) and port.chardev is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="device_add(from_json=True) demands JSON integers; 7.2 device_add goes through QemuOpts, "
-    "so \"nr\": \"3\" is accepted (FACTS.md §2, checked on 7.2)",
-)
+# Was: device_add(from_json=True) demands JSON integers; 7.2 device_add goes through QemuOpts, so
+# "nr": "3" is accepted (FACTS.md §2, checked on 7.2)
 def test_qmp_device_add_accepts_integer_property_as_string() -> None:
     m = serial_machine()
     port = m.device_add({"driver": "virtserialport", "nr": "3"}, from_json=True)
     assert isinstance(port, VirtIOSerialPort) and port.id == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="device_add(from_json=True) reports \"Invalid parameter type for 'nr', expected: integer\"; "
-    "QEMU 7.2 QMP says \"Parameter 'nr' expects integer\" (FACTS.md §2, checked for \"abc\" and true)",
-)
+# Was: device_add(from_json=True) reports "Invalid parameter type for 'nr', expected: integer";
+# QEMU 7.2 QMP says "Parameter 'nr' expects integer" (FACTS.md §2, checked for "abc" and true)
 @pytest.mark.parametrize("value", ["abc", True])
 def test_qmp_device_add_bad_integer_uses_qemu_opts_message(value: Any) -> None:
     m = serial_machine()
@@ -283,12 +241,9 @@ def test_qmp_device_add_bad_integer_uses_qemu_opts_message(value: Any) -> None:
 
 
 # ------------------------------------------------------------------- restore
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore refuses a destination with an extra console at id 0 (port count must match, "
-    "then _post_load would KeyError); QEMU loads it: the map is equal and only the source's ports "
-    "are fetched (FACTS.md §4 'Loads that succeed')",
-)
+# Was: restore refuses a destination with an extra console at id 0 (port count must match, then
+# _post_load would KeyError); QEMU loads it: the map is equal and only the source's ports are
+# fetched (FACTS.md §4 'Loads that succeed')
 def test_restore_into_destination_with_an_extra_console_succeeds() -> None:
     src = serial_machine({"driver": "virtserialport", "nr": "2"})
     dst = serial_machine({"driver": "virtconsole"}, {"driver": "virtserialport", "nr": "2"})
@@ -306,13 +261,10 @@ def _dst_with_c1_closed() -> Machine:
     return m
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore copies the saved 'throttled' flag and only unthrottles when the destination "
-    "host is connected; QEMU does not migrate throttled and calls throttle_port(false) for every "
-    "port with a held element (FACTS.md §4). A port loaded while its host is closed stays "
-    "throttled forever: later guest writes never reach the host",
-)
+# Was: restore copies the saved 'throttled' flag and only unthrottles when the destination host is
+# connected; QEMU does not migrate throttled and calls throttle_port(false) for every port with a
+# held element (FACTS.md §4). A port loaded while its host is closed stays throttled forever:
+# later guest writes never reach the host
 def test_restore_unthrottles_held_port_even_when_destination_host_is_closed() -> None:
     src, drv = source()
     dst = _dst_with_c1_closed()
@@ -325,11 +277,8 @@ def test_restore_unthrottles_held_port_even_when_destination_host_is_closed() ->
     assert dst.host_receive("c1").endswith(b"jkl")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="QEMU unthrottles held ports while loading (fetch_active_ports_list) and sends the "
-    "PORT_OPEN for a changed host side later from the post-load timer; the trace order is reversed here",
-)
+# Was: QEMU unthrottles held ports while loading (fetch_active_ports_list) and sends the PORT_OPEN
+# for a changed host side later from the post-load timer; the trace order is reversed here
 def test_restore_traces_unthrottle_before_post_load_port_open() -> None:
     src, _ = source()
     dst = build(c2_connected=False)
@@ -342,12 +291,9 @@ def test_restore_traces_unthrottle_before_post_load_port_open() -> None:
 
 
 # ------------------------------------------------------------ simulated guest
-@pytest.mark.xfail(
-    strict=True,
-    reason="guest fill_queue stops quietly on ENOMEM and DEVICE_READY 1 goes out for a partly "
-    "filled control rx queue; Linux fill_queue returns -ENOMEM on any failed alloc and probe "
-    "sends DEVICE_READY 0 (commit 'virtio_console: make fill_queue return int')",
-)
+# Was: guest fill_queue stops quietly on ENOMEM and DEVICE_READY 1 goes out for a partly filled
+# control rx queue; Linux fill_queue returns -ENOMEM on any failed alloc and probe sends
+# DEVICE_READY 0 (commit 'virtio_console: make fill_queue return int')
 def test_guest_sends_device_ready_0_when_control_rx_fill_runs_out_of_memory() -> None:
     m = Machine(ram_size=1 * MiB + 32 * 1024)  # room for a handful of 4 KiB buffers, not 32
     m.device_add({"driver": "virtio-serial"})
