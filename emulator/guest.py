@@ -197,7 +197,7 @@ class PortsDevice:
                 self.kick(q)
 
     def add_inbuf(self, q: DriverQueue, addr: int) -> None:
-        q.add(self.mem, [], [(addr, RX_BUF_SIZE)], addr)
+        q.add_one(self.mem, addr, RX_BUF_SIZE, vring.VRING_DESC_F_WRITE, addr)
         self.kick(q)
 
     def send_control(self, port_id: int, event: int, value: int) -> None:

@@ -284,10 +284,12 @@ class VirtQueue:
             table = addr
             limit = length // 16
             addr, length, flags, nxt = _DESC_UNPACK(buf, table)
-        elif not flags & (_F_NEXT | _F_WRITE) and length and addr + length <= ram_end:
-            # The common case, one readable buffer (a guest write): every
-            # check of the walk below passes trivially.
+        elif not flags & _F_NEXT and length and addr + length <= ram_end:
+            # The common case, one buffer (a guest write, or a receive
+            # buffer): every check of the walk below passes trivially.
             self.inuse += 1
+            if flags & _F_WRITE:
+                return Element(head, [], [(addr, length)], 1)
             return Element(head, [(addr, length)], [], 1)
 
         # The chain walk, in virtqueue_split_pop's order of checks
