@@ -149,6 +149,20 @@ class GuestMemory:
         fmt.pack_into(self._ram, addr, *values)
         self._mark(addr, fmt.size)
 
+    # -- whole-RAM copies (restore stages incoming RAM before applying it) -----
+    def clone(self) -> GuestMemory:
+        """A separate copy of this RAM (clean dirty log)."""
+        other = GuestMemory(self.size)
+        other._mv[:] = self._mv
+        return other
+
+    def assign(self, other: GuestMemory) -> None:
+        """Take ``other``'s contents in place; every page counts as written."""
+        if other.size != self.size:
+            raise ValueError(f"RAM sizes differ: 0x{other.size:x} vs 0x{self.size:x}")
+        self._mv[:] = other._mv
+        self.mark_all_dirty()
+
     # -- dirty log (read by snapshot and migration) ---------------------------
     @property
     def page_count(self) -> int:

@@ -21,6 +21,8 @@ as they are.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 import vmstate
@@ -146,13 +148,24 @@ def _fail(path: str, reason: str) -> vmstate.ValidationError:
     return vmstate.ValidationError(f"{SECTION}/{path}" if path else SECTION, reason)
 
 
-def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord) -> None:
+def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord, ram: Any = None) -> None:
     """Apply a record to a device built from the same command line.
 
-    Guest RAM must be loaded first (queue checks read the rings).  Raises
+    ``ram``: the stream's RAM (a ``vmstate.RamRegion``) when the guest's
+    memory comes with it.  It is staged on a copy of the current RAM, the
+    rings are checked against the staged copy, and only when everything
+    fits do RAM and device state go in together.  Without ``ram`` the rings
+    are checked against the RAM the machine holds.  Raises
     vmstate.ValidationError naming the field; on error nothing changed.
     """
-    mem = dev.mem
+    live = dev.mem
+    mem = live
+    if ram is not None:
+        mem = live.clone()
+        try:
+            ram.apply_to(mem.ring_buf)
+        except (ValueError, TypeError) as err:
+            raise vmstate.ValidationError("ram", str(err)) from None
     if rec.max_ports != dev.max_ports:
         raise _fail("max_ports", f"stream has {rec.max_ports}, this device {dev.max_ports}")
     if rec.ports_map != _map_int(dev.ports_map):
@@ -195,8 +208,10 @@ def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord) -> None:
             raise _fail(f"{path}/id", f"no port {pr.id} on this device")
         if pr.driver != port.driver:
             raise _fail(f"{path}/driver", f"stream has {pr.driver}, port {pr.id} here is {port.driver}")
-        held[pr.id] = _element(pr, queues[port.tx_queue], mem.size, path)
+        held[pr.id] = _element(pr, queues[port.tx_queue], live.size, path)
     # Everything checked: apply.
+    if mem is not live:
+        live.assign(mem)
     dev.guest_features = rec.guest_features
     dev.status = rec.status
     dev.broken = rec.broken

@@ -63,8 +63,7 @@ def stream(m: Machine) -> bytes:
 
 def load_into(m: Machine, data: bytes) -> None:
     loaded = vmstate.loads(data, registry())
-    loaded.ram["ram"].apply_to(m.mem.ring_buf)
-    restore(m.devices[0], loaded.section("virtio-serial", 0))
+    restore(m.devices[0], loaded.section("virtio-serial", 0), ram=loaded.ram["ram"])
 
 
 def test_schema_lists_the_device_descriptions() -> None:
@@ -148,15 +147,37 @@ def test_a_record_that_does_not_fit_is_refused_and_changes_nothing(path: str, va
     dst = build()
     data = stream(src)
     loaded = vmstate.loads(data, registry())
-    loaded.ram["ram"].apply_to(dst.mem.ring_buf)
     dst.trace.take()  # the cold-plug lines
-    before = _snapshot(dst)
+    before = _snapshot(dst)  # guest RAM included: a refused restore leaves it alone
     bad = _tamper(loaded.section("virtio-serial", 0), path, value)
     with pytest.raises(vmstate.ValidationError) as err:
-        restore(dst.devices[0], bad)
+        restore(dst.devices[0], bad, ram=loaded.ram["ram"])
     assert str(err.value).startswith(message)
     assert _snapshot(dst) == before
     assert dst.events == []
+
+
+def test_restore_without_ram_checks_the_rings_against_the_machines_own_ram() -> None:
+    src, _ = source()
+    dst = build()
+    loaded = vmstate.loads(stream(src), registry())
+    with pytest.raises(vmstate.ValidationError, match=r"queues\[2\]"):
+        restore(dst.devices[0], loaded.section("virtio-serial", 0))  # dst's RAM has no rings yet
+    loaded.ram["ram"].apply_to(dst.mem.ring_buf)
+    restore(dst.devices[0], loaded.section("virtio-serial", 0))
+    assert dst.host_receive("c1") == b"defghi"
+
+
+def test_ram_of_another_size_is_refused() -> None:
+    src, _ = source()
+    dst = Machine(ram_size=8 << 20)
+    dst.chardev_add(MemoryChardev("con"))
+    dst.chardev_add(MemoryChardev("c1"))
+    dst.chardev_add(MemoryChardev("c2"))
+    for props in CMDLINE:
+        dst.device_add(dict(props))
+    with pytest.raises(vmstate.ValidationError, match="^ram: "):
+        load_into(dst, stream(src))
 
 
 def test_destination_with_a_different_command_line_is_refused() -> None:

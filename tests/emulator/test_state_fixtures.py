@@ -48,8 +48,7 @@ def test_every_saved_stream_restores_into_a_machine_from_its_command_line(path: 
         m.chardev_add(MemoryChardev(c))
     for props in cfg["device"]:
         m.device_add(dict(props))
-    loaded.ram["ram"].apply_to(m.mem.ring_buf)
-    restore(m.devices[0], loaded.section(SECTION, 0))
+    restore(m.devices[0], loaded.section(SECTION, 0), ram=loaded.ram["ram"])
     # The sample held a throttled guest write; the new host takes the rest.
     assert m.host_receive("c1") == b"across the snapshot"
     assert m.devices[0].ports[1].guest_connected
