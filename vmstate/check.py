@@ -18,21 +18,61 @@ class SchemaFormatError(ValueError):
     """The input is not a schema document (`vserial vmstate schema --json`)."""
 
 
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _type_ok(t: Any, depth: int = 0) -> bool:
+    """A field type as `VType.to_json` writes it."""
+    if not isinstance(t, dict) or not isinstance(t.get("type"), str) or depth > 64:
+        return False
+    if "max_len" in t and not (t["max_len"] is None or _is_int(t["max_len"])):
+        return False
+    if "bits" in t and not _is_int(t["bits"]):
+        return False
+    if "description" in t and not isinstance(t["description"], str):
+        return False
+    return "of" not in t or _type_ok(t["of"], depth + 1)
+
+
+def _field_ok(f: Any) -> bool:
+    return (
+        isinstance(f, dict)
+        and isinstance(f.get("name"), str)
+        and _type_ok(f.get("type"))
+        and _is_int(f.get("since", 1))
+        and (f.get("dropped_after") is None or _is_int(f.get("dropped_after")))
+    )
+
+
+def _subsection_ok(s: Any) -> bool:
+    return isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("description"), str)
+
+
 def _descriptions(doc: Any, which: str) -> tuple[list[str], dict[str, Any]]:
+    """The schema's sections and descriptions, after checking the document's
+    whole shape (SchemaFormatError names the first thing wrong)."""
     if not isinstance(doc, dict) or "descriptions" not in doc or "sections" not in doc:
         raise SchemaFormatError(f"{which}: not a vmstate schema (no 'sections'/'descriptions')")
     sections, descriptions = doc["sections"], doc["descriptions"]
     if not isinstance(sections, list) or not isinstance(descriptions, dict):
         raise SchemaFormatError(f"{which}: malformed schema")
+    if not all(isinstance(s, str) for s in sections):
+        raise SchemaFormatError(f"{which}: a section name is not a string")
     for name, d in descriptions.items():
         if not (
             isinstance(d, dict)
-            and isinstance(d.get("version"), int)
-            and isinstance(d.get("minimum_version"), int)
+            and _is_int(d.get("version"))
+            and _is_int(d.get("minimum_version"))
             and isinstance(d.get("fields"), list)
-            and all(isinstance(f, dict) and isinstance(f.get("name"), str) and "type" in f for f in d["fields"])
         ):
             raise SchemaFormatError(f"{which}: malformed description {name!r}")
+        for i, f in enumerate(d["fields"]):
+            if not _field_ok(f):
+                raise SchemaFormatError(f"{which}: description {name!r}: malformed field #{i}")
+        subs = d.get("subsections", [])
+        if not isinstance(subs, list) or not all(_subsection_ok(s) for s in subs):
+            raise SchemaFormatError(f"{which}: description {name!r}: malformed subsections")
     return sections, descriptions
 
 

@@ -27,6 +27,7 @@ from .dump import render, summarize
 from .errors import VMStateError
 from .load import read_raw
 from .registry import Registry
+from .stream import MIN_KEY_BYTES
 
 __all__ = ["main"]
 
@@ -56,9 +57,16 @@ def _dump(args: argparse.Namespace, registry: Registry | None, out: TextIO, err:
         if args.key_file:
             with open(args.key_file, "rb") as f:
                 key = f.read()
+            if len(key) < MIN_KEY_BYTES:
+                print(
+                    f"vserial vmstate dump: {args.key_file}: HMAC key of {len(key)} bytes is too short "
+                    f"(at least {MIN_KEY_BYTES} bytes)",
+                    file=err,
+                )
+                return 1
         with open(args.file, "rb") as f:
             raw = read_raw(f, key=key)
-    except (OSError, VMStateError) as e:
+    except (OSError, ValueError, VMStateError) as e:
         print(f"vserial vmstate dump: {args.file}: {e}", file=err)
         return 1
     summary = summarize(raw, registry)

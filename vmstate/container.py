@@ -40,6 +40,9 @@ __all__ = [
 MAGIC = "vserial-vmstate"
 FORMAT_VERSION = 1
 READABLE_FORMATS = (1,)
+# Latest `created` a header may carry: 9999-12-31T23:59:59Z (what datetime
+# can show; a clock is never that far ahead).
+MAX_CREATED = 253402300799
 ITEM_TAG = b"\xd8\x18"
 KIND_SECTION = "section"
 KIND_RAM = "ram"
@@ -58,6 +61,13 @@ class Limits:
     max_stream_size: int = 16 << 30  # bytes before the trailer
     max_items: int = 1 << 20
     max_ram_pages: int = 1 << 26  # pages of one RAM region (256 GiB of 4 KiB)
+    max_ram_bytes: int = 64 << 30  # bytes of one RAM region (page_size * total_pages)
+    max_runs_per_item: int = 4096  # page runs in one RAM item (the writer's own cap)
+    # CBOR data items (every value, key and container) in one item. A data
+    # item decodes to at most ~72 bytes of Python objects (an empty list or
+    # map), so one decoded item stays under ~18 MiB (~4x max_item_size)
+    # whatever it holds. A 511-port bus section has ~15000.
+    max_item_elements: int = 1 << 18
 
 
 DEFAULT_LIMITS = Limits()
@@ -92,12 +102,16 @@ class Header:
             raise IncompatibleVersion(
                 f"vmstate format version {fmt} is not supported (this reads {', '.join(map(str, READABLE_FORMATS))})"
             )
+        if any(k.__class__ is not str for k in raw):
+            raise CorruptStream("header: a key is not a text string")
         extra = set(raw) - {"magic", "format", "producer", "created", "machine"}
         if extra:
             raise CorruptStream(f"header: unknown keys {sorted(extra)}")
         producer, created, machine = raw.get("producer"), raw.get("created"), raw.get("machine")
         if producer.__class__ is not str or created.__class__ is not int or created < 0:
             raise CorruptStream("header: producer or created time missing or malformed")
+        if created > MAX_CREATED:
+            raise CorruptStream(f"header: created time {created} is after the year 9999")
         if machine is not None:
             if machine.__class__ is not dict:
                 raise CorruptStream("header: machine is not a map")
@@ -189,8 +203,37 @@ def _refuse_tag(decoder: Any) -> NoReturn:
 _NO_TAGS = _NoTags()
 
 
+def check_element_count(payload: bytes, limit: int) -> None:
+    """Refuses a payload holding more than `limit` CBOR data items, before it
+    is decoded. Every data item takes at least one byte, so a payload of at
+    most `limit` bytes passes at once; larger ones (RAM items, mostly page
+    data) are walked head by head, skipping string contents, and the walk
+    stops as soon as the count is over. Malformed heads are left to the decoder."""
+    n = len(payload)
+    if n <= limit:
+        return
+    count, i = 0, 0
+    while i < n:
+        count += 1
+        if count > limit:
+            raise CorruptStream(f"item holds more than {limit} CBOR data items")
+        ib = payload[i]
+        ai = ib & 0x1F
+        i += 1
+        if ai < 24:
+            if 0x40 <= ib < 0x80:  # byte or text string: skip its content
+                i += ai
+        elif ai < 28:
+            w = 1 << (ai - 24)
+            if 0x40 <= ib < 0x80:
+                i += w + int.from_bytes(payload[i : i + w], "big")
+            else:
+                i += w
+
+
 def decode_payload(payload: bytes, limits: Limits) -> Any:
     """Decodes exactly one item payload under the limits."""
+    check_element_count(payload, limits.max_item_elements)
     fp = io.BytesIO(payload)
     # These options need cbor2 >= 6.1.1 (allow_duplicate_keys came in 6.1.0,
     # and 6.1.1 fixed reading payloads over 4096 bytes from a file object).

@@ -7,10 +7,12 @@ fields wherever the registry knows the section; `render` prints that with rich.
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from .codec import decode_record, version_problem
@@ -27,17 +29,26 @@ _SHOWN_BYTES = 32
 
 
 def _bit_ranges(n: int) -> str:
-    out, i = [], 0
-    while n >> i:
-        if n >> i & 1:
-            j = i
-            while n >> (j + 1) & 1:
-                j += 1
-            out.append(str(i) if i == j else f"{i}-{j}")
-            i = j + 1
-        else:
-            i += 1
+    """'0-3,7' for the set bits of n; linear in the number of bits."""
+    bits = bin(n)[:1:-1]  # bit 0 first
+    out = [str(m.start()) if m.end() - m.start() == 1 else f"{m.start()}-{m.end() - 1}" for m in _ONES.finditer(bits)]
     return ",".join(out) or "(none)"
+
+
+_ONES = re.compile("1+")
+
+
+def _short_hex(raw: bytes) -> str:
+    if len(raw) <= _SHOWN_BYTES:
+        return raw.hex()
+    return f"{raw[:_SHOWN_BYTES].hex()}... ({len(raw)} bytes)"
+
+
+def _created_utc(created: int) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(created, datetime.timezone.utc).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return "out of range"
 
 
 def _plain(raw: Any) -> Any:
@@ -56,6 +67,8 @@ def _value(raw: Any, t: VType, versions: dict[str, int]) -> Any:
     if isinstance(t, Bytes) and isinstance(raw, bytes):
         return raw.hex()
     if isinstance(t, Bitmap) and isinstance(raw, bytes):
+        if len(raw) != t.nbytes:  # the status says what is wrong; do not expand it
+            return _short_hex(raw)
         return _bit_ranges(int.from_bytes(raw, "little"))
     if isinstance(t, ListOf) and isinstance(raw, list):
         return [_value(v, t.of, versions) for v in raw]
@@ -85,7 +98,7 @@ def _record(raw: Any, d: Description, version: int, versions: dict[str, int]) ->
 
 def summarize(raw: RawStream, registry: Registry | None = None) -> dict[str, Any]:
     h = raw.header
-    created = datetime.datetime.fromtimestamp(h.created, datetime.timezone.utc).isoformat()
+    created = _created_utc(h.created)
     items: list[dict[str, Any]] = []
     ram: dict[str, dict[str, Any]] = {}
     for item in raw.items:
@@ -149,40 +162,64 @@ def summarize(raw: RawStream, registry: Registry | None = None) -> dict[str, Any
 
 
 
+def _safe(s: str) -> str:
+    """`s` with every non-printable character (terminal controls such as
+    ESC, bidi overrides, ...) written as a Python escape."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def _text(v: Any, style: str = "") -> Text:
+    """A stream value as rich Text: never read as markup, controls escaped."""
+    return Text(_safe(v if isinstance(v, str) else str(v)), style=style)
+
+
 def _short(v: Any) -> str:
     if isinstance(v, str) and len(v) > 2 * _SHOWN_BYTES:
-        return f"{v[: 2 * _SHOWN_BYTES]}... ({len(v)} chars)"
+        return f"{v[: 2 * _SHOWN_BYTES]!r}... ({len(v)} chars)"
     return repr(v) if isinstance(v, str) else str(v)
+
+
+_NO_VALUE = object()
+
+
+def _label(k: Any, v: Any = _NO_VALUE, index: bool = False) -> Text:
+    t = _text(f"[{k}]") if index else _text(k, "bold")
+    if v is not _NO_VALUE:
+        t.append(" = ")
+        t.append(_text(_short(v)))
+    return t
 
 
 def _tree(node: Tree, value: Any) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if isinstance(v, (dict, list)) and v:
-                _tree(node.add(f"[bold]{k}[/bold]"), v)
+                _tree(node.add(_label(k)), v)
             else:
-                node.add(f"[bold]{k}[/bold] = {_short(v)}")
+                node.add(_label(k, v))
     elif isinstance(value, list):
         for i, v in enumerate(value):
             if isinstance(v, (dict, list)) and v:
-                _tree(node.add(f"[{i}]"), v)
+                _tree(node.add(_label(i, index=True)), v)
             else:
-                node.add(f"[{i}] = {_short(v)}")
+                node.add(_label(i, v, index=True))
     else:
-        node.add(_short(value))
+        node.add(_text(_short(value)))
 
 
 def render(summary: dict[str, Any], console: Console) -> None:
     h = summary["header"]
     t = Table(title="vmstate stream", show_header=False)
-    t.add_row("format", str(h["format"]))
-    t.add_row("producer", h["producer"])
-    t.add_row("created", h["created_utc"])
-    t.add_row("sha256", summary["trailer"]["sha256"])
-    t.add_row("hmac", summary["trailer"]["hmac"])
+    t.add_row("format", _text(h["format"]))
+    t.add_row("producer", _text(h["producer"]))
+    t.add_row("created", _text(h["created_utc"]))
+    t.add_row("sha256", _text(summary["trailer"]["sha256"]))
+    t.add_row("hmac", _text(summary["trailer"]["hmac"]))
     console.print(t)
     if h["machine"] is not None:
-        tree = Tree("[bold]machine[/bold]")
+        tree = Tree(Text("machine", style="bold"))
         _tree(tree, h["machine"])
         console.print(tree)
     sections = Table(title="sections")
@@ -190,9 +227,11 @@ def render(summary: dict[str, Any], console: Console) -> None:
         sections.add_column(col)
     for i, item in enumerate(summary["items"]):
         if item["kind"] == "section":
-            sections.add_row(str(i), item["name"], str(item["instance_id"]), str(item["version"]), item["status"])
+            sections.add_row(
+                str(i), _text(item["name"]), _text(item["instance_id"]), _text(item["version"]), _text(item["status"])
+            )
         elif "error" in item:
-            sections.add_row(str(i), item["kind"], "", "", item["error"])
+            sections.add_row(str(i), _text(item["kind"]), "", "", _text(item["error"]))
     console.print(sections)
     if summary["ram"]:
         ram = Table(title="RAM")
@@ -200,11 +239,14 @@ def render(summary: dict[str, Any], console: Console) -> None:
             ram.add_column(col)
         for name, r in summary["ram"].items():
             ram.add_row(
-                name, str(r["page_size"]), str(r["total_pages"]), str(r["items"]), str(r["data_pages"]), str(r["zero_pages"])
+                _text(name),
+                *(_text(r[k]) for k in ("page_size", "total_pages", "items", "data_pages", "zero_pages")),
             )
         console.print(ram)
     for item in summary["items"]:
         if item["kind"] == "section":
-            tree = Tree(f"[bold]{item['name']}[/bold] instance {item['instance_id']} v{item['version']}")
+            title = _text(item["name"], "bold")
+            title.append(_text(f" instance {item['instance_id']} v{item['version']}"))
+            tree = Tree(title)
             _tree(tree, item["fields"])
             console.print(tree)

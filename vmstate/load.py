@@ -1,10 +1,10 @@
 """Saving and loading whole streams.
 
-`load` reads a stream to its trailer, checks the digest (and HMAC), then
-checks every item against the registry's descriptions and builds every record;
-only then does it return. A truncated, corrupt, tampered or incompatible stream
-raises one of the documented errors and nothing has been handed to the caller
-to apply. Applying the result (records into live objects, RAM into memory) is
+`load` reads a stream item by item, checks each against the registry's
+descriptions and builds its record as it arrives (keeping only built records),
+and returns them only after the trailer's digest (and HMAC) has matched. A
+truncated, corrupt, tampered or incompatible stream raises one of the
+documented errors and nothing has been handed to the caller to apply. Applying the result (records into live objects, RAM into memory) is
 the caller's job and starts after `load` returns.
 """
 
@@ -118,36 +118,55 @@ def check_ram_item(item: list[Any], limits: Limits) -> RamItem:
         raise CorruptStream(f"RAM '{region}': page size {page_size} is not a power of two in 512..2 MiB")
     if not 0 <= total_pages <= limits.max_ram_pages:
         raise CorruptStream(f"RAM '{region}': {total_pages} pages exceeds the limit")
+    if page_size * total_pages > limits.max_ram_bytes:
+        raise CorruptStream(
+            f"RAM '{region}': {total_pages} pages of {page_size} bytes exceeds the limit of {limits.max_ram_bytes} bytes"
+        )
     if runs.__class__ is not list:
         raise CorruptStream(f"RAM '{region}': runs is not an array")
-    return RamItem(region, page_size, total_pages, check_runs(region, page_size, total_pages, runs))
+    return RamItem(region, page_size, total_pages, check_runs(region, page_size, total_pages, runs, limits.max_runs_per_item))
 
 
-def build(raw: RawStream, registry: Registry, limits: Limits = DEFAULT_LIMITS) -> LoadedStream:
-    """Checks raw items against the registry and builds every record."""
-    items: list[LoadedSection | RamItem] = []
-    seen: set[tuple[str, int]] = set()
-    geometry: dict[str, tuple[int, int]] = {}
-    for item in raw.items:
+class _Builder:
+    """Checks raw items against the registry and builds their records one at
+    a time, as they arrive: a section the registry cannot load is refused
+    before the rest of the stream is read, and only built records are kept."""
+
+    def __init__(self, registry: Registry, limits: Limits) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.items: list[LoadedSection | RamItem] = []
+        self.seen: set[tuple[str, int]] = set()
+        self.geometry: dict[str, tuple[int, int]] = {}
+
+    def add(self, item: list[Any]) -> None:
         if item[0] == KIND_RAM:
-            ram = check_ram_item(item, limits)
-            if geometry.setdefault(ram.region, (ram.page_size, ram.total_pages)) != (ram.page_size, ram.total_pages):
+            ram = check_ram_item(item, self.limits)
+            shape = (ram.page_size, ram.total_pages)
+            if self.geometry.setdefault(ram.region, shape) != shape:
                 raise CorruptStream(f"RAM '{ram.region}': page size or page count changes between rounds")
-            items.append(ram)
-            continue
+            self.items.append(ram)
+            return
         name, instance_id, version, body, versions = check_section_item(item)
-        if (name, instance_id) in seen:
+        if (name, instance_id) in self.seen:
             raise CorruptStream(f"section '{name}' instance {instance_id} appears twice")
-        seen.add((name, instance_id))
-        d = registry.get(name)
+        self.seen.add((name, instance_id))
+        d = self.registry.get(name)
         if d is None:
             raise IncompatibleVersion(f"Unknown savevm section or instance '{name}' {instance_id}")
         problem = version_problem(d, version)
         if problem is not None:
             raise IncompatibleVersion(problem)
         state = decode_record(d, version, body, versions, _section_root(name, instance_id))
-        items.append(LoadedSection(name, instance_id, version, state))
-    return LoadedStream(raw.header, items, raw.digest, raw.authenticated)
+        self.items.append(LoadedSection(name, instance_id, version, state))
+
+
+def build(raw: RawStream, registry: Registry, limits: Limits = DEFAULT_LIMITS) -> LoadedStream:
+    """Checks raw items against the registry and builds every record."""
+    builder = _Builder(registry, limits)
+    for item in raw.items:
+        builder.add(item)
+    return LoadedStream(raw.header, builder.items, raw.digest, raw.authenticated)
 
 
 def load(
@@ -159,8 +178,18 @@ def load(
     check_eof: bool = True,
 ) -> LoadedStream:
     """Reads, verifies and builds a whole stream from a file object or socket.
-    Pass `check_eof=False` on a connection that stays open after the stream."""
-    return build(read_raw(source, key=key, limits=limits, check_eof=check_eof), registry, limits)
+    Pass `check_eof=False` on a connection that stays open after the stream.
+
+    Each item is checked and its record built as it arrives (an unknown
+    section or a bad value stops the load there); the records are returned
+    only once the trailer's digest (and HMAC) has matched."""
+    reader = StreamReader(source, key=key, limits=limits, check_eof=check_eof)
+    builder = _Builder(registry, limits)
+    for item in reader:
+        builder.add(item)
+    if reader.digest is None:  # the iteration above only ends at the trailer
+        raise CorruptStream("stream truncated (no trailer)")
+    return LoadedStream(reader.header, builder.items, reader.digest, reader.authenticated)
 
 
 def loads(data: bytes, registry: Registry, *, key: bytes | None = None, limits: Limits = DEFAULT_LIMITS) -> LoadedStream:

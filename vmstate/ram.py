@@ -116,22 +116,30 @@ class RamRegion:
 
     def apply_to(self, memory: Any) -> None:
         """Writes the pages into `memory` (a writable bytes-like of exactly
-        `size` bytes), rounds in order. Checks the size before writing."""
+        `size` bytes) as applying the rounds in order would leave them, but
+        writing each page at most once: runs are walked last to first and a
+        page already written by a later run is skipped (last writer wins).
+        Checks the size before writing."""
         view = memoryview(memory).cast("B")
         if view.readonly:
             raise TypeError("memory is read-only")
         if view.nbytes != self.size:
             raise ValueError(f"RAM region '{self.name}' is {self.size} bytes, memory is {view.nbytes}")
         ps = self.page_size
-        for run in self.runs:
-            a, b = run.start * ps, (run.start + run.count) * ps
-            if run.data is not None:
-                view[a:b] = run.data
-            else:
-                while a < b:
-                    n = min(b - a, len(_ZERO_CHUNK))
-                    view[a : a + n] = _ZERO_CHUNK[:n]
-                    a += n
+        written = bytearray(self.total_pages)  # 1: set by a later run
+        for run in reversed(self.runs):
+            end = run.start + run.count
+            pos = run.start
+            while pos < end:
+                a = written.find(0, pos, end)
+                if a < 0:
+                    break
+                b = written.find(1, a, end)
+                if b < 0:
+                    b = end
+                written[a:b] = b"\x01" * (b - a)
+                _write_pages(view, run, a, b, ps)
+                pos = b
 
     def to_bytes(self) -> bytearray:
         memory = bytearray(self.size)
@@ -145,9 +153,29 @@ class RamRegion:
         return data, zero
 
 
-def check_runs(name: str, page_size: int, total_pages: int, raw_runs: Sequence[Any]) -> list[PageRun]:
-    """Validates the runs of one RAM item (untrusted) and returns them."""
+def _write_pages(view: memoryview, run: PageRun, a: int, b: int, ps: int) -> None:
+    """Writes pages [a, b) of `run` into `view`."""
+    if run.data is not None:
+        off = (a - run.start) * ps
+        view[a * ps : b * ps] = memoryview(run.data)[off : off + (b - a) * ps]
+        return
+    lo, hi = a * ps, b * ps
+    while lo < hi:
+        n = min(hi - lo, len(_ZERO_CHUNK))
+        view[lo : lo + n] = _ZERO_CHUNK[:n]
+        lo += n
+
+
+def check_runs(
+    name: str, page_size: int, total_pages: int, raw_runs: Sequence[Any], max_runs: int = 4096
+) -> list[PageRun]:
+    """Validates the runs of one RAM item (untrusted) and returns them: at
+    most `max_runs`, in page order, not overlapping (later rounds may
+    overwrite earlier ones, but one item never writes a page twice)."""
+    if len(raw_runs) > max_runs:
+        raise CorruptStream(f"RAM '{name}': {len(raw_runs)} runs in one item exceeds the limit of {max_runs}")
     runs = []
+    prev_end = 0
     for raw in raw_runs:
         if raw.__class__ is not list or len(raw) != 3:
             raise CorruptStream(f"RAM '{name}': a run is not [start, count, data]")
@@ -156,6 +184,9 @@ def check_runs(name: str, page_size: int, total_pages: int, raw_runs: Sequence[A
             raise CorruptStream(f"RAM '{name}': bad run start {start!r} count {count!r}")
         if start + count > total_pages:
             raise CorruptStream(f"RAM '{name}': run {start}+{count} beyond its {total_pages} pages")
+        if start < prev_end:
+            raise CorruptStream(f"RAM '{name}': run at page {start} overlaps or precedes the run before it")
+        prev_end = start + count
         if data is not None and (data.__class__ is not bytes or len(data) != count * page_size):
             raise CorruptStream(f"RAM '{name}': run at page {start} does not hold {count} pages of data")
         runs.append(PageRun(start, count, data))

@@ -18,6 +18,7 @@ from .codec import encode_record, versions_for
 from .container import (
     DEFAULT_LIMITS,
     ITEM_TAG,
+    MAX_CREATED,
     KIND_END,
     KIND_RAM,
     KIND_SECTION,
@@ -30,13 +31,25 @@ from .container import (
 )
 from .description import description_of
 from .errors import CorruptStream, IntegrityError
-from .ram import DEFAULT_PAGE_SIZE, PageRun, page_runs
+from .ram import DEFAULT_PAGE_SIZE, PageRun, check_runs, page_runs
 
-__all__ = ["StreamWriter", "StreamReader"]
+__all__ = ["StreamWriter", "StreamReader", "MIN_KEY_BYTES", "check_key"]
 
 _END = object()  # what _next_item returns for the trailer
 
 _MAX_RUNS_PER_ITEM = 4096
+MIN_KEY_BYTES = 16  # an HMAC key shorter than this (or empty) is refused
+
+
+def check_key(key: bytes | None) -> None:
+    """Refuses an HMAC key that is not bytes or is shorter than MIN_KEY_BYTES:
+    an empty key would "authenticate" streams anyone can forge."""
+    if key is None:
+        return
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError(f"HMAC key must be bytes, not {type(key).__name__}")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"HMAC key of {len(key)} bytes is too short (at least {MIN_KEY_BYTES} bytes)")
 
 
 def _sink_writer(sink: Any) -> Callable[[bytes], None]:
@@ -71,6 +84,10 @@ class StreamWriter:
         ram_item_bytes: int = 1 << 20,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        check_key(key)
+        created = int(time.time()) if created is None else created
+        if created.__class__ is not int or not 0 <= created <= MAX_CREATED:
+            raise ValueError(f"created {created!r} is not a Unix time in 0..{MAX_CREATED}")
         self._write = _sink_writer(sink)
         self._limits = limits
         self._sha = hashlib.sha256()
@@ -82,7 +99,7 @@ class StreamWriter:
             check_plain(machine)
         self.header = Header(
             producer=producer,
-            created=int(time.time()) if created is None else created,
+            created=created,
             machine=dict(machine) if machine is not None else None,
         )
         self._emit(self.header.to_cbor())
@@ -128,10 +145,15 @@ class StreamWriter:
         pages = 0
         batch: list[list[Any]] = []
         budget = 0
+        prev_end = 0
+        max_runs = min(_MAX_RUNS_PER_ITEM, self._limits.max_runs_per_item)
         for run in runs:
-            if batch and (budget + len(run.data or b"") > self._ram_item_bytes or len(batch) >= _MAX_RUNS_PER_ITEM):
+            if batch and (budget + len(run.data or b"") > self._ram_item_bytes or len(batch) >= max_runs):
                 self._emit([KIND_RAM, region, page_size, total_pages, batch])
-                batch, budget = [], 0
+                batch, budget, prev_end = [], 0, 0
+            if run.start < prev_end:  # readers refuse an item that writes a page twice
+                raise ValueError(f"RAM run at page {run.start} overlaps or precedes the run before it")
+            prev_end = run.start + run.count
             batch.append([run.start, run.count, run.data])
             budget += len(run.data or b"")
             pages += run.count
@@ -141,6 +163,10 @@ class StreamWriter:
 
     def write_ram_item(self, region: str, page_size: int, total_pages: int, runs: list[PageRun]) -> None:
         """Writes exactly one RAM item (used to re-save a loaded stream as is)."""
+        try:
+            check_runs(region, page_size, total_pages, [[r.start, r.count, r.data] for r in runs], self._limits.max_runs_per_item)
+        except CorruptStream as e:  # readers would refuse it
+            raise ValueError(str(e)) from None
         self._emit([KIND_RAM, region, page_size, total_pages, [[r.start, r.count, r.data] for r in runs]])
 
     def close(self) -> bytes:
@@ -205,6 +231,7 @@ class StreamReader:
         limits: Limits = DEFAULT_LIMITS,
         check_eof: bool = True,
     ) -> None:
+        check_key(key)
         self._read = _source_reader(source)
         self._key = key
         self._limits = limits

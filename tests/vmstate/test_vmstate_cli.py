@@ -50,9 +50,12 @@ def test_dump_checks_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     key.write_bytes(demo.HMAC_KEY)
     assert main(["dump", str(SIGNED), "--json", "--key-file", str(key)], demo.REGISTRY) == 0
     assert json.loads(capsys.readouterr().out)["trailer"]["hmac"] == "verified"
-    key.write_bytes(b"wrong")
+    key.write_bytes(b"wrong key, long enough")
     assert main(["dump", str(SIGNED), "--key-file", str(key)], demo.REGISTRY) == 1
     assert "HMAC mismatch" in capsys.readouterr().err
+    key.write_bytes(b"")  # an empty (or short) key file would "verify" forgeries
+    assert main(["dump", str(SIGNED), "--key-file", str(key)], demo.REGISTRY) == 1
+    assert "too short (at least 16 bytes)" in capsys.readouterr().err
 
 
 def test_dump_of_a_damaged_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
