@@ -148,7 +148,11 @@ plain = st.recursive(
     | st.binary(max_size=40)
     | st.text(max_size=80)
     | st.floats(allow_nan=True),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=20), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=5)
+    | st.dictionaries(st.text(max_size=20), inner, max_size=3)
+    # byte-string keys too (cbor2 decodes them): mixed with text keys they
+    # once made the header check raise TypeError
+    | st.dictionaries(st.binary(max_size=4) | st.text(max_size=4), inner, max_size=3),
     max_leaves=12,
 )
 

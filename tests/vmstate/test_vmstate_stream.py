@@ -298,3 +298,87 @@ def test_writer_refuses_items_readers_would_refuse() -> None:
     w = vmstate.StreamWriter(io.BytesIO(), producer="t", created=0, limits=vmstate.Limits(max_item_size=100))
     with pytest.raises(ValueError, match="exceeds max_item_size 100"):
         w.write_section(demo.sample_bus(3))
+
+
+# --- limits added after the review (issue 4 review findings) -----------------
+
+
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ([[2, 1, None], [0, 1, None]], "overlaps or precedes"),
+        ([[0, 2, None], [1, 1, None]], "overlaps or precedes"),
+        ([[i, 1, None] for i in range(4097)], "exceeds the limit of 4096"),
+    ],
+)
+def test_ram_runs_in_one_item_are_ordered_disjoint_and_capped(runs: list[Any], message: str) -> None:
+    item = cbor2.dumps(["ram", "ram", 512, 8192, runs])
+    with pytest.raises(vmstate.CorruptStream, match=message):
+        vmstate.loads(reseal([HEADER, item]), demo.REGISTRY)
+
+
+def test_the_writer_refuses_overlapping_runs() -> None:
+    w = vmstate.StreamWriter(io.BytesIO(), producer="t", created=0)
+    with pytest.raises(ValueError, match="overlaps or precedes"):
+        w.write_ram_runs("ram", 4096, 4, [vmstate.PageRun(1, 1, None), vmstate.PageRun(0, 1, None)])
+    with pytest.raises(ValueError, match="overlaps or precedes"):
+        w.write_ram_item("ram", 4096, 4, [vmstate.PageRun(0, 2, None), vmstate.PageRun(1, 1, None)])
+
+
+def test_apply_writes_each_page_once_and_the_last_round_wins() -> None:
+    ps = 512
+    rounds = [
+        [vmstate.PageRun(0, 8, bytes([1]) * 8 * ps)],
+        [vmstate.PageRun(2, 3, None), vmstate.PageRun(6, 1, bytes([2]) * ps)],
+        [vmstate.PageRun(1, 2, bytes([3]) * 2 * ps), vmstate.PageRun(4, 1, bytes([4]) * ps)],
+        [vmstate.PageRun(7, 1, None)],
+    ]
+    region = vmstate.RamRegion("ram", ps, 8, [r for rnd in rounds for r in rnd])
+    expected = bytearray(8 * ps)
+    for run in region.runs:  # the naive order: every run in turn
+        expected[run.start * ps : (run.start + run.count) * ps] = run.data or bytes(run.count * ps)
+    memory = bytearray(b"\xee" * 8 * ps)
+    region.apply_to(memory)
+    assert memory == expected
+    data = vmstate.dumps([], producer="t", created=0)
+    assert vmstate.loads(data, demo.REGISTRY).ram == {}
+
+
+def test_ram_regions_are_limited_in_bytes() -> None:
+    item = cbor2.dumps(["ram", "ram", 1 << 21, 1 << 10, []])  # 2 GiB
+    vmstate.loads(reseal([HEADER, item]), demo.REGISTRY)
+    with pytest.raises(vmstate.CorruptStream, match="exceeds the limit of 1073741824 bytes"):
+        vmstate.loads(reseal([HEADER, item]), demo.REGISTRY, limits=vmstate.Limits(max_ram_bytes=1 << 30))
+
+
+def test_elements_per_item_are_counted_before_decoding() -> None:
+    data = demo.sample_stream(3)
+    with pytest.raises(vmstate.CorruptStream, match="more than 10 CBOR data items"):
+        vmstate.loads(data, demo.REGISTRY, limits=vmstate.Limits(max_item_elements=10))
+    # a RAM item is mostly page data: few data items, whatever its size
+    memory = bytearray(b"\x01" * (1 << 20))
+    big = vmstate.dumps([], producer="t", created=0, ram={"ram": memory})
+    loaded = vmstate.loads(big, demo.REGISTRY, limits=vmstate.Limits(max_item_elements=64))
+    assert loaded.ram["ram"].to_bytes() == memory
+
+
+def test_short_hmac_keys_and_far_future_times_are_refused() -> None:
+    for key in (b"", b"15 bytes only!!"):
+        with pytest.raises(ValueError, match="too short"):
+            vmstate.StreamWriter(io.BytesIO(), producer="t", created=0, key=key)
+        with pytest.raises(ValueError, match="too short"):
+            vmstate.loads(demo.sample_stream(3), demo.REGISTRY, key=key)
+    vmstate.StreamWriter(io.BytesIO(), producer="t", created=0, key=b"16 bytes exactly")
+    with pytest.raises(ValueError, match="not a Unix time"):
+        vmstate.StreamWriter(io.BytesIO(), producer="t", created=253402300800)
+    late = cbor2.dumps({"magic": "vserial-vmstate", "format": 1, "producer": "t", "created": 253402300800})
+    with pytest.raises(vmstate.CorruptStream, match="after the year 9999"):
+        vmstate.loads(reseal([late]), demo.REGISTRY)
+
+
+def test_a_bad_item_is_refused_before_the_trailer_but_nothing_is_returned_before_it() -> None:
+    """Sections are built as they arrive; a good prefix with a bad digest is still refused."""
+    data = bytearray(demo.sample_stream(3))
+    data[-5] ^= 1  # inside the trailer's digest
+    with pytest.raises(vmstate.IntegrityError):
+        vmstate.loads(bytes(data), demo.REGISTRY)
