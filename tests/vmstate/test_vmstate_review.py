@@ -240,18 +240,7 @@ def test_an_empty_hmac_key_is_refused() -> None:
 # --- 7. the emulator applies RAM before the device record is validated -------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "emulator.state.restore validates queues against the guest RAM already in the machine, so the "
-        "documented sequence (tests/emulator: loaded.ram['ram'].apply_to(mem); restore(dev, rec)) "
-        "overwrites guest RAM before the device record can be refused: a refused record leaves the "
-        "machine half-restored (test_a_record_that_does_not_fit_is_refused_and_changes_nothing "
-        "snapshots AFTER applying RAM, hiding it). Issue 4: 'changes nothing'. Fix: let restore take the "
-        "loaded RAM (e.g. restore(dev, rec, ram=region)), check rings against it, then apply RAM and "
-        "device together."
-    ),
-)
+# Was: a refused emulator restore had already overwritten guest RAM (restore now stages it).
 def test_emulator_restore_that_refuses_a_record_leaves_guest_ram_unchanged() -> None:
     from emulator.chardev import MemoryChardev
     from emulator.machine import Machine
@@ -268,7 +257,7 @@ def test_emulator_restore_that_refuses_a_record_leaves_guest_ram_unchanged() -> 
     record = loaded.section("virtio-serial", 0)
     record.queues[1].used_addr = cfg["ram_size"] - 8  # outside RAM: refused
     with pytest.raises(vmstate.ValidationError):
-        restore(m.devices[0], record, ram=loaded.ram["ram"])  # type: ignore[call-arg]
+        restore(m.devices[0], record, ram=loaded.ram["ram"])
     assert bytes(m.mem.ring_buf) == before
 
 
