@@ -1,8 +1,7 @@
 """Review findings against vmstate (issue 4), one test each.
 
 Each test states the behaviour the issue / DESIGN.md asks for; the comment
-above a fixed one says what was wrong. A finding still open keeps its strict
-xfail mark, whose reason gives the finding and the evidence.
+above it says what the first version got wrong.
 """
 
 from __future__ import annotations
