@@ -22,16 +22,15 @@ Theory of operation, in QEMU's terms:
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
 from . import control, vring
 from .control import BAD_ID, CONTROL_HEADER, Event
-from .effects import ConfigInterrupt, Effect, ErrorReport, Interrupt, QmpEvent
+from .effects import ConfigInterrupt, Effect, ErrorReport, Interrupt
 from .errors import ConfigError, GuestError
 from .memory import GuestMemory
 from .ports import VirtIOSerialPort
 from .trace import Trace
-from .virtqueue import Element, RingError, VirtQueue
+from .virtqueue import Element, VirtQueue
 
 # Device status bits (virtio 1.x, 2.1).
 STATUS_ACKNOWLEDGE = 1
@@ -583,5 +582,3 @@ class VirtIOSerial:
             "ports": [p.describe() for p in self.ports.values()],
         }
 
-
-PortFactory = Callable[..., VirtIOSerialPort]

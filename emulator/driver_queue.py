@@ -142,10 +142,6 @@ class DriverQueue:
             out.append(got[0])
         return out
 
-    def has_used(self, mem: GuestMemory) -> bool:
-        buf = mem.ring_buf
-        return bool(_U16_UNPACK(buf, self.used + 2)[0] != self.last_used_idx)
-
     def get_buf(self, mem: GuestMemory) -> tuple[Any, int] | None:
         """virtqueue_get_buf: the next used (token, written length), or None."""
         buf, dirty = mem.ring_buf, mem.ring_dirty

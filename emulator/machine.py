@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import qdev
-from .chardev import Chardev, MemoryChardev, NullChardev
+from .chardev import Chardev, MemoryChardev
 from .control import BAD_ID
 from .device import DEFAULT_MAX_PORTS, TRANSPORT_DRIVERS, VirtIOSerial
 from .effects import ConfigInterrupt, ErrorReport, Interrupt, QmpEvent
@@ -312,10 +312,3 @@ class Machine:
     def describe(self) -> list[dict[str, object]]:
         return [dev.describe() for dev in self.devices]
 
-
-def memory_chardev(chardev_id: str, **kw: Any) -> MemoryChardev:
-    return MemoryChardev(chardev_id, **kw)
-
-
-def null_chardev(chardev_id: str) -> NullChardev:
-    return NullChardev(chardev_id)

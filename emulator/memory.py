@@ -43,7 +43,7 @@ class GuestMemory:
         self.ro = self._mv.toreadonly()
         self._pages = size >> PAGE_SHIFT
         # One byte per page; 1 = written since the log was last collected.
-        # Never rebound (cleared in place), so ``ring_access`` users stay valid.
+        # Never rebound (cleared in place), so holders of ``ring_dirty`` stay valid.
         self._dirty = bytearray(self._pages)
         # The RAM buffer and the dirty map, for virtqueue code that accesses
         # ring structures whose whole extent it validated against ``size``

@@ -1,8 +1,9 @@
 """Split virtqueue layout (virtio 1.x spec, 2.7 "Split Virtqueues").
 
 Pure layout facts shared by the device side (``virtqueue.py``) and the
-driver side (``driver_queue.py``): structure sizes, offsets and the event
-index rule.  All fields are little-endian.
+driver side (``driver_queue.py``): structure sizes and offsets.  All fields
+are little-endian.  The event-index rule (vring_need_event: notify iff the
+event index lies in [old, new)) is written out in both hot paths.
 """
 
 from __future__ import annotations
@@ -56,11 +57,6 @@ def used_ring_addr(used: int, slot: int) -> int:
 
 def avail_event_addr(used: int, num: int) -> int:
     return used + 4 + 8 * num
-
-
-def need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
-    """vring_need_event(): notify iff ``event`` lies in [old, new)."""
-    return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
 
 
 def is_valid_size(num: int) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import attrs
 
 from .codec import check_versions, decode_record, version_problem
-from .container import DEFAULT_LIMITS, KIND_RAM, KIND_SECTION, Header, Limits
+from .container import DEFAULT_LIMITS, KIND_RAM, Header, Limits
 from .errors import CorruptStream, IncompatibleVersion
 from .ram import PageRun, RamRegion, check_runs
 from .registry import Registry

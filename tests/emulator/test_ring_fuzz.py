@@ -28,7 +28,8 @@ from emulator import vring
 from emulator.device import STATUS_FEATURES_OK, STATUS_NEEDS_RESET
 from emulator.effects import ConfigInterrupt, ErrorReport
 from emulator.errors import GuestError
-from emulator.machine import Machine, memory_chardev
+from emulator.chardev import MemoryChardev
+from emulator.machine import Machine
 from emulator.memory import GuestMemory
 from emulator.virtqueue import VIRTQUEUE_MAX_SIZE, Element, RingError, VirtQueue
 
@@ -391,7 +392,7 @@ MACHINE_RAM = 2 << 20
 
 def _booted() -> tuple[Machine, Any, Any]:
     m = Machine(ram_size=MACHINE_RAM)
-    m.chardev_add(memory_chardev("c0"))
+    m.chardev_add(MemoryChardev("c0"))
     m.device_add({"driver": "virtio-serial", "id": "vs", "max_ports": 2})
     m.device_add({"driver": "virtserialport", "id": "p1", "chardev": "c0", "name": "fuzz"})
     m.boot()

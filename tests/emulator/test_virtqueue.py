@@ -19,7 +19,8 @@ from emulator.driver_queue import DriverQueue
 from emulator.effects import ConfigInterrupt, ErrorReport, Interrupt
 from emulator.errors import GuestError, GuestOSError, MemoryAccessError
 from emulator.kmalloc import Kmalloc
-from emulator.machine import Machine, memory_chardev
+from emulator.chardev import MemoryChardev
+from emulator.machine import Machine
 from emulator.memory import PAGE_SIZE, GuestMemory
 from emulator.virtqueue import Element, RingError, VirtQueue, VirtQueueState
 
@@ -931,7 +932,7 @@ def test_kmalloc_sizes_alignment_and_reuse() -> None:
 
 def _machine() -> tuple[Machine, VirtIOSerial, int]:
     m = Machine(ram_size=8 << 20)
-    m.chardev_add(memory_chardev("c0"))
+    m.chardev_add(MemoryChardev("c0"))
     m.device_add({"driver": "virtio-serial", "id": "vs", "max_ports": 4})
     m.device_add({"driver": "virtserialport", "id": "p1", "chardev": "c0", "name": "org.test.0"})
     m.boot()
