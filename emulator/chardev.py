@@ -19,7 +19,10 @@ for the guest with ``send``.  ``window`` simulates a slow reader.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .mainloop import MainLoop
 
 
 class ChardevFrontend(Protocol):
@@ -56,6 +59,14 @@ class Chardev:
     @property
     def in_use(self) -> bool:
         return self.frontend is not None
+
+    # -- life cycle (the runtime's main loop) -----------------------------------
+    def open(self, loop: MainLoop) -> None:
+        """Start I/O on ``loop``; raise ConfigError with QEMU's message if the
+        backend cannot open.  In-process backends have nothing to do."""
+
+    def close(self) -> None:
+        """Stop I/O and release descriptors (chardev-remove, shutdown)."""
 
     # -- front -> back -----------------------------------------------------------
     def write(self, data: memoryview) -> int:

@@ -25,7 +25,7 @@ import struct
 
 from . import control, vring
 from .control import BAD_ID, CONTROL_HEADER, Event
-from .effects import ConfigInterrupt, Effect, ErrorReport, Interrupt
+from .effects import ConfigInterrupt, Effect, ErrorReport, Interrupt, PortChange
 from .errors import ConfigError, GuestError
 from .memory import GuestMemory
 from .ports import VirtIOSerialPort
@@ -239,6 +239,7 @@ class VirtIOSerial:
             if port.guest_connected:
                 port.guest_connected = False
                 port.set_guest_connected(False)
+                self.effects.append(PortChange(port, "guest", False))
 
     def reset(self) -> None:
         """virtio_reset + vser_reset: the guest side forgets everything.
@@ -409,6 +410,7 @@ class VirtIOSerial:
             return
         port.host_connected = True
         self.send_control_event(port.id, Event.PORT_OPEN, 1)
+        self.effects.append(PortChange(port, "host", True))
 
     def port_host_close(self, port: VirtIOSerialPort) -> None:
         """virtio_serial_close: drop what the host did not take."""
@@ -417,6 +419,7 @@ class VirtIOSerial:
         self._discard_throttle_data(port)
         self._discard_vq_data(self.queues[port.tx_queue])
         self.send_control_event(port.id, Event.PORT_OPEN, 0)
+        self.effects.append(PortChange(port, "host", False))
 
     # ---------------------------------------------------------- control path
     def send_control_message(self, payload: bytes) -> bool:
@@ -498,6 +501,7 @@ class VirtIOSerial:
         elif event == Event.PORT_OPEN:
             port.guest_connected = bool(value)
             port.set_guest_connected(bool(value))
+            self.effects.append(PortChange(port, "guest", bool(value)))
 
     # ------------------------------------------------------- plug and unplug
     def find_port_by_name(self, name: str) -> VirtIOSerialPort | None:

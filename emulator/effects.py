@@ -38,4 +38,14 @@ class ErrorReport:
     message: str
 
 
-Effect = Interrupt | ConfigInterrupt | QmpEvent | ErrorReport
+@attrs.frozen
+class PortChange:
+    """A port's guest side (``side="guest"``) or host side (``"host"``)
+    opened or closed; the machine turns it into plugin notifications."""
+
+    port: Any = attrs.field(eq=False)
+    side: str
+    connected: bool
+
+
+Effect = Interrupt | ConfigInterrupt | QmpEvent | ErrorReport | PortChange

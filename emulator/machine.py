@@ -17,11 +17,12 @@ from . import qdev
 from .chardev import Chardev, MemoryChardev
 from .control import BAD_ID
 from .device import DEFAULT_MAX_PORTS, TRANSPORT_DRIVERS, VirtIOSerial
-from .effects import ConfigInterrupt, ErrorReport, Interrupt, QmpEvent
+from .effects import ConfigInterrupt, ErrorReport, Interrupt, PortChange, QmpEvent
 from .errors import ConfigError
 from .guest import GuestKernel
 from .memory import DEFAULT_RAM_SIZE, GuestMemory
-from .ports import BUILTIN_PORT_TYPES, VirtIOSerialPort
+from .plugins import Plugins, default_plugins
+from .ports import VirtIOSerialPort
 from .trace import Trace
 
 
@@ -32,16 +33,17 @@ class Machine:
         *,
         name: str | None = None,
         trace: Trace | None = None,
-        port_types: dict[str, type[VirtIOSerialPort]] | None = None,
+        plugins: Plugins | None = None,
     ) -> None:
         self.mem = GuestMemory(ram_size)
         self.name = name
         self.trace = trace if trace is not None else Trace()
-        self.port_types = dict(port_types if port_types is not None else BUILTIN_PORT_TYPES)
+        self.plugins = plugins if plugins is not None else default_plugins()
         self.devices: list[VirtIOSerial] = []
         self.chardevs: dict[str, Chardev] = {}
         self.qdev_ids: dict[str, VirtIOSerial | VirtIOSerialPort] = {}
-        self._anon_count = 0
+        self._anon_count = 0  # QEMU's peripheral-anon device[N] counter
+        self.anon: dict[str, VirtIOSerial | VirtIOSerialPort] = {}  # QOM path -> device
         self._bus_auto_ids = 0
         self.running = True
         self.events: list[QmpEvent] = []
@@ -51,6 +53,7 @@ class Machine:
         self._pending: deque[tuple[VirtIOSerial, int]] = deque()
         self._pending_set: set[tuple[int, int]] = set()
         self._pumping = False
+        self.plugins.hook.vserial_machine_created(machine=self)
 
     # ---------------------------------------------------------------- chardevs
     def chardev_add(self, chardev: Chardev) -> Chardev:
@@ -100,10 +103,26 @@ class Machine:
             qdev_id = qdev.check_id(qdev_id)
         if driver in TRANSPORT_DRIVERS:
             return self._add_serial_device(TRANSPORT_DRIVERS[driver], qdev_id, props)
-        cls = self.port_types.get(driver)
+        cls = self.plugins.port_type(driver)
         if cls is None:
             raise ConfigError(f"'{driver}' is not a valid device model name")
         return self._add_port(cls, qdev_id, props)
+
+    def _take_anon_path(self, qdev_id: str | None) -> str | None:
+        """qdev_set_id: an id-less device becomes peripheral-anon/device[N]
+        as soon as it is created (after the driver and bus checks), so a
+        device_add that fails later still uses up its N, as in QEMU."""
+        if qdev_id is not None:
+            return None
+        path = f"/machine/peripheral-anon/device[{self._anon_count}]"
+        self._anon_count += 1
+        return path
+
+    @staticmethod
+    def qom_path(obj: VirtIOSerial | VirtIOSerialPort) -> str:
+        if obj.qdev_id is not None:
+            return f"/machine/peripheral/{obj.qdev_id}"
+        return str(getattr(obj, "anon_path", ""))
 
     def _check_free_id(self, qdev_id: str | None) -> None:
         if qdev_id is not None and qdev_id in self.qdev_ids:
@@ -119,6 +138,7 @@ class Machine:
                     raise ConfigError(f"Device '{driver}' can't go on virtio-serial-bus bus")
                 raise ConfigError(f"Bus '{bus}' not found")
         self._check_free_id(qdev_id)
+        anon_path = self._take_anon_path(qdev_id)
         for key, raw in props.items():
             kind = qdev.SERIAL_DEVICE_PROPERTIES.get(key)
             if kind is None:
@@ -147,6 +167,10 @@ class Machine:
         self.devices.append(dev)
         if qdev_id is not None:
             self.qdev_ids[qdev_id] = dev
+        else:
+            dev.anon_path = anon_path  # type: ignore[attr-defined]
+            assert anon_path is not None
+            self.anon[anon_path] = dev
         if self.guest.booted:
             self.guest.probe(dev)  # PCI hot-plug: the guest binds the driver
         self.pump()
@@ -166,6 +190,7 @@ class Machine:
                 raise ConfigError(f"No 'virtio-serial-bus' bus found for device '{driver}'")
             dev = self.devices[-1]
         self._check_free_id(qdev_id)
+        anon_path = self._take_anon_path(qdev_id)
         kwargs: dict[str, Any] = {"nr": BAD_ID}
         for key, raw in props.items():
             kind = qdev.PORT_PROPERTIES.get(key) or cls.extra_properties.get(key)
@@ -190,21 +215,39 @@ class Machine:
         if qdev_id is not None:
             self.qdev_ids[qdev_id] = port
         else:
-            self._anon_count += 1
-            port.anon_index = self._anon_count  # type: ignore[attr-defined]
+            assert anon_path is not None
+            port.anon_path = anon_path  # type: ignore[attr-defined]
+            self.anon[anon_path] = port
+        self.plugins.hook.vserial_port_plugged(machine=self, port=port)
         self.pump()
         return port
 
-    def device_del(self, qdev_id: str) -> None:
-        obj = self.qdev_ids.get(qdev_id)
+    def find_device(self, id_or_path: str) -> VirtIOSerial | VirtIOSerialPort | None:
+        """A device by qdev id or by QOM path (as device_del accepts)."""
+        obj = self.qdev_ids.get(id_or_path)
+        if obj is None and id_or_path.startswith("/machine/peripheral/"):
+            obj = self.qdev_ids.get(id_or_path[len("/machine/peripheral/") :])
         if obj is None:
-            raise ConfigError(f"Device '{qdev_id}' not found")
+            obj = self.anon.get(id_or_path)
+        return obj
+
+    def device_del(self, id_or_path: str) -> None:
+        obj = self.find_device(id_or_path)
+        if obj is None:
+            raise ConfigError(f"Device '{id_or_path}' not found")
         if isinstance(obj, VirtIOSerial):
             raise ConfigError(f"Bus '{obj.bus_name}' does not support hotplugging")
         assert obj.device is not None
+        path = self.qom_path(obj)
         obj.device.unplug(obj)
-        del self.qdev_ids[qdev_id]
-        self._event(QmpEvent("DEVICE_DELETED", {"device": qdev_id, "path": f"/machine/peripheral/{qdev_id}"}))
+        if obj.qdev_id is not None:
+            del self.qdev_ids[obj.qdev_id]
+            data = {"device": obj.qdev_id, "path": path}
+        else:
+            del self.anon[path]
+            data = {"path": path}
+        self.plugins.hook.vserial_port_unplugged(machine=self, port=obj)
+        self._event(QmpEvent("DEVICE_DELETED", data))
         self.pump()
 
     # ----------------------------------------------------------- guest face
@@ -259,6 +302,11 @@ class Machine:
                 self._event(eff)
             elif isinstance(eff, ErrorReport):
                 self.error_log.append(eff.message)
+            elif isinstance(eff, PortChange):
+                if eff.side == "guest":
+                    self.plugins.hook.vserial_guest_open(machine=self, port=eff.port, opened=eff.connected)
+                else:
+                    self.plugins.hook.vserial_host_connection(machine=self, port=eff.port, connected=eff.connected)
             elif isinstance(eff, ConfigInterrupt):
                 pass  # the Linux driver only acts on resize, which QEMU never sends
 

@@ -189,9 +189,3 @@ class VirtConsole(VirtConsoleBase):
 class VirtSerialPort(VirtConsoleBase):
     driver = "virtserialport"
     is_console = False
-
-
-BUILTIN_PORT_TYPES: dict[str, type[VirtIOSerialPort]] = {
-    VirtConsole.driver: VirtConsole,
-    VirtSerialPort.driver: VirtSerialPort,
-}

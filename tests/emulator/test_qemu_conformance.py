@@ -19,7 +19,9 @@ from emulator.driver_queue import DriverQueue
 from emulator.errors import ConfigError
 from emulator.machine import Machine
 from emulator.memory import GuestMemory, MiB
-from emulator.ports import BUILTIN_PORT_TYPES, VirtIOSerialPort
+from emulator.hookspecs import hookimpl
+from emulator.plugins import make_plugin_manager
+from emulator.ports import VirtIOSerialPort
 from emulator.state import capture, restore
 from emulator.trace import Trace
 
@@ -198,7 +200,12 @@ class _CountingPort(VirtIOSerialPort):
 # Was: kick on an rx queue calls the port type's guest_writable hook unconditionally; QEMU
 # handle_input calls it only when guest_connected && host_connected (FACTS.md §3)
 def test_guest_writable_hook_not_called_while_port_is_closed() -> None:
-    m = Machine(port_types={**BUILTIN_PORT_TYPES, _CountingPort.driver: _CountingPort})
+    class Plugin:
+        @hookimpl
+        def vserial_port_types(self) -> list[type[VirtIOSerialPort]]:
+            return [_CountingPort]
+
+    m = Machine(plugins=make_plugin_manager([Plugin()], autoload=False))
     m.device_add({"driver": "virtio-serial"})
     port = m.device_add({"driver": _CountingPort.driver, "nr": "1"})
     m.boot()  # the guest fills port 1's rx ring and kicks it; nobody has the port open

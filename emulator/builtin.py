@@ -1,0 +1,20 @@
+"""The built-in plugin: virtconsole, virtserialport and the chardev backends.
+
+Registered through the same hooks a third-party plugin uses.
+"""
+
+from __future__ import annotations
+
+from .backends import BUILTIN_BACKENDS, Backend
+from .hookspecs import hookimpl
+from .ports import VirtConsole, VirtIOSerialPort, VirtSerialPort
+
+
+@hookimpl
+def vserial_port_types() -> list[type[VirtIOSerialPort]]:
+    return [VirtConsole, VirtSerialPort]
+
+
+@hookimpl
+def vserial_chardev_backends() -> list[Backend]:
+    return list(BUILTIN_BACKENDS)
