@@ -269,6 +269,7 @@ class SocketChardev(StreamChardev):
                     self.listener.setblocking(False)
                 self._attach_conn(conn)
             else:
+                assert self.listener is not None
                 loop.add_reader(self.listener.fileno(), self._accept)
         else:
             try:

@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="boot a machine, move data, hot-plug, and show the ports")
     demo.add_argument("--trace", action="store_true", help="print the virtio_serial_* trace")
     sub.add_parser("vmstate", help="inspect and check state streams (vserial vmstate --help)", add_help=False)
+    sub.add_parser("run", help="run a machine from a QEMU command line (vserial run -help)", add_help=False)
 
     if args and args[0] == "vmstate":
         from vmstate.cli import main as vmstate_main
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from .state import registry
 
         return vmstate_main(args[1:], registry=registry())
+    if args and args[0] == "run":
+        from .qemu_cli import main as run_main
+
+        return run_main(args[1:])
     ns = parser.parse_args(args)
     if ns.command == "demo":
         from .demo import run_demo

@@ -61,7 +61,7 @@ def vserial_port_types() -> list[type[VirtIOSerialPort]]:  # type: ignore[empty-
 
 
 @hookspec(firstresult=True)
-def vserial_port_type_for(driver: str) -> type[VirtIOSerialPort] | None:  # type: ignore[empty-body]
+def vserial_port_type_for(driver: str) -> type[VirtIOSerialPort] | None:
     """Return the port type for ``driver`` if this plugin implements it
     dynamically (a name not listed by ``vserial_port_types``), else None.
 

@@ -105,12 +105,12 @@ class MainLoop:
             time.sleep(wait)
             events = []
         for key, mask in events:
-            cbs = self._watches.get(key.fd)  # type: ignore[call-overload]
+            cbs = self._watches.get(key.fd)
             if cbs is None:
                 continue
             if mask & selectors.EVENT_WRITE and cbs[1] is not None:
                 cbs[1]()
-            cbs = self._watches.get(key.fd)  # type: ignore[call-overload]
+            cbs = self._watches.get(key.fd)
             if cbs is not None and mask & selectors.EVENT_READ and cbs[0] is not None:
                 cbs[0]()
         now = time.monotonic()

@@ -1,0 +1,271 @@
+"""``vserial run``: QEMU's command line for the virtio-serial subset.
+
+Accepted, with QEMU's spellings and messages:
+
+* ``-device virtio-serial|virtio-serial-pci|virtio-serial-device,...`` and
+  ``-device virtserialport|virtconsole|<plugin type>,...``
+* ``-chardev BACKEND,id=ID,...`` for every registered backend
+* ``-virtioconsole SPEC``: the legacy option (gone from QEMU 7.2, kept here
+  as QEMU had it): a virtio-serial device plus a virtconsole on chardev
+  ``virtcon0``, from a legacy chardev spec (``stdio``, ``null``,
+  ``unix:PATH,server=on``, ``tcp:HOST:PORT,...``, ``file:PATH``, ``pipe:PATH``)
+* ``-qmp unix:PATH,server=on[,wait=off]`` / ``-qmp tcp:HOST:PORT,server=on``
+* ``-m SIZE``, ``-name NAME``, ``-S``, ``-trace PATTERN``, ``-D FILE``,
+  ``-readconfig FILE``
+* accepted for compatibility with management tools' command lines, without
+  effect on this machine: ``-M/-machine``, ``-accel``, ``-cpu``, ``-smp``,
+  ``-display``, ``-nodefaults``, ``-nographic``, ``-no-user-config``,
+  ``-enable-kvm``.
+
+As in QEMU, every option is checked first, then chardevs and monitors are
+created, then devices in command-line order; the first error prints
+``vserial: -OPTION ARG: MESSAGE`` and exits 1 before the machine starts.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import IO
+
+from .backends import parse_size
+from .errors import ConfigError
+from .memory import MiB
+from .qdev import parse_opts
+from .runtime import Runtime
+from .trace import Trace
+
+PROG = "vserial"
+
+WITH_ARG = {
+    "device", "chardev", "virtioconsole", "m", "name", "qmp", "trace", "D", "readconfig",
+    "M", "machine", "accel", "cpu", "smp", "display",
+}
+FLAGS = {"S", "nodefaults", "nographic", "no-user-config", "enable-kvm", "version", "h", "help"}
+IGNORED = {"M", "machine", "accel", "cpu", "smp", "display", "nodefaults", "nographic", "no-user-config", "enable-kvm"}
+
+
+class UsageError(Exception):
+    """A command-line error: ``vserial: <where>: <message>``, exit 1."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}" if where else message)
+        self.where = where
+        self.message = message
+
+
+def compat_chardev(spec: str) -> tuple[str, dict[str, str]]:
+    """qemu_chr_parse_compat: a legacy chardev spec -> (backend, options)."""
+    if spec in ("null", "stdio"):
+        return spec, {}
+    for prefix, backend in (("file:", "file"), ("pipe:", "pipe")):
+        if spec.startswith(prefix):
+            return backend, {"path": spec[len(prefix) :]}
+    if spec.startswith("unix:"):
+        opts = parse_opts(spec[len("unix:") :], implied_key="path")
+        return "socket", opts
+    if spec.startswith("tcp:"):
+        rest = spec[len("tcp:") :]
+        head, _, tail = rest.partition(",")
+        host, sep, port = head.rpartition(":")
+        if not sep:
+            raise ConfigError(f"parse error: {spec}")
+        opts = parse_opts(tail, implied_key="") if tail else {}
+        opts["host"] = host
+        opts["port"] = port
+        return "socket", opts
+    name = spec.split(":", 1)[0].split(",", 1)[0]
+    raise ConfigError(f"'{name}' is not a valid char driver\nparse error: {spec}")
+
+
+def _read_config(path: str) -> list[tuple[str, dict[str, str]]]:
+    """-readconfig: QEMU's ini-like format, [chardev "id"] and [device "id"]."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as err:
+        raise ConfigError(f"Could not open '{path}': {err.strerror}") from None
+    groups: list[tuple[str, dict[str, str]]] = []
+    current: dict[str, str] | None = None
+    section = re.compile(r'\[\s*([A-Za-z0-9_-]+)\s*(?:"([^"]*)")?\s*\]\Z')
+    item = re.compile(r'([A-Za-z0-9_.-]+)\s*=\s*"([^"]*)"\Z')
+    for lineno, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = section.match(line)
+        if m:
+            group, ident = m.group(1), m.group(2)
+            if group not in ("chardev", "device"):
+                raise ConfigError(f"{path}:{lineno}: There is no option group '{group}'")
+            current = {} if ident is None else {"id": ident}
+            groups.append((group, current))
+            continue
+        m = item.match(line)
+        if m and current is not None:
+            current[m.group(1)] = m.group(2)
+            continue
+        raise ConfigError(f"{path}:{lineno}: parse error")
+    return groups
+
+
+def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
+    """Parse a QEMU command line and build the machine (not yet running).
+    Raises UsageError with the option text and QEMU's message."""
+    opts: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-") or arg == "-":
+            raise UsageError("", f"{arg}: invalid option")
+        name = arg.lstrip("-")
+        if name in WITH_ARG:
+            if i + 1 >= len(argv):
+                raise UsageError(arg, "requires an argument")
+            opts.append((name, argv[i + 1]))
+            i += 2
+        elif name in FLAGS:
+            opts.append((name, None))
+            i += 1
+        else:
+            raise UsageError(arg, "invalid option")
+
+    ram_size = 64 * MiB
+    guest_name: str | None = None
+    paused = False
+    trace_patterns: list[str] = []
+    log_file: str | None = None
+    chardevs: list[tuple[str, dict[str, str]]] = []  # (where, opts)
+    devices: list[tuple[str, dict[str, str]]] = []
+    monitors: list[tuple[str, tuple[str, dict[str, str]]]] = []
+    virtcons = 0
+
+    for name, value in opts:
+        where = f"-{name} {value}" if value is not None else f"-{name}"
+        try:
+            if name == "device":
+                assert value is not None
+                devices.append((where, parse_opts(value, "driver")))
+            elif name == "chardev":
+                assert value is not None
+                chardevs.append((where, parse_opts(value, "backend")))
+            elif name == "virtioconsole":
+                assert value is not None
+                if value == "none":
+                    continue
+                if virtcons == 1:
+                    raise ConfigError("too many virtio consoles")
+                backend, copts = compat_chardev(value)
+                chardevs.append((where, {"backend": backend, "id": f"virtcon{virtcons}", **copts}))
+                devices.append((where, {"driver": "virtio-serial"}))
+                devices.append((where, {"driver": "virtconsole", "chardev": f"virtcon{virtcons}"}))
+                virtcons += 1
+            elif name == "qmp":
+                assert value is not None
+                monitors.append((where, compat_chardev(value)))
+            elif name == "m":
+                assert value is not None
+                mopts = parse_opts(value, "size")
+                text = mopts.get("size", "")
+                size = parse_size("size", text if text[-1:].isalpha() else text + "M") if text else 128 * MiB
+                if size == 0:
+                    size = 128 * MiB  # QEMU: -m 0 means the default
+                if size < MiB:
+                    raise ConfigError("ram size too small")
+                ram_size = size
+            elif name == "name":
+                assert value is not None
+                guest_name = parse_opts(value, "guest").get("guest")
+            elif name == "S":
+                paused = True
+            elif name == "trace":
+                assert value is not None
+                topts = parse_opts(value, "enable")
+                if "enable" in topts:
+                    trace_patterns.append(topts["enable"])
+            elif name == "D":
+                log_file = value
+            elif name == "readconfig":
+                assert value is not None
+                for group, gopts in _read_config(value):
+                    (devices if group == "device" else chardevs).append((where, gopts))
+            elif name == "version":
+                from .runtime import VERSION
+
+                print(f"{PROG} {VERSION} (QEMU 7.2 virtio-serial)", file=stdout or sys.stdout)
+                raise SystemExit(0)
+            elif name in ("h", "help"):
+                print(__doc__, file=stdout or sys.stdout)
+                raise SystemExit(0)
+            elif name in IGNORED:
+                pass
+        except ConfigError as err:
+            raise UsageError(where, str(err)) from None
+
+    sink: Callable[[str], None] | None = None
+    if trace_patterns:
+        if log_file is not None:
+            try:
+                fh = open(log_file, "a", buffering=1, encoding="utf-8")
+            except OSError as err:
+                raise UsageError(f"-D {log_file}", f"Could not open '{log_file}': {err.strerror}") from None
+
+            def sink(line: str) -> None:
+                fh.write(line + "\n")
+
+        else:
+            sink = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    trace = Trace(sink=sink)
+    for pattern in trace_patterns:
+        if not trace.enable(pattern):
+            print(f"{PROG}: -trace {pattern}: warning: trace event '{pattern}' does not exist", file=sys.stderr)
+
+    rt = Runtime(ram_size=ram_size, name=guest_name, trace=trace, paused=paused)
+    try:
+        for where, copts in chardevs:
+            try:
+                rt.chardev_from_opts(copts)
+            except ConfigError as err:
+                raise UsageError(where, str(err)) from None
+        for where, (backend, mopts) in monitors:
+            try:
+                if backend != "socket" or mopts.get("server", "off") != "on":
+                    raise ConfigError("vserial's monitor needs a listening socket: unix:PATH,server=on or tcp:HOST:PORT,server=on")
+                wait = mopts.get("wait", "on") == "on"
+                if "path" in mopts:
+                    rt.add_qmp_server(path=mopts["path"], wait=wait)
+                else:
+                    rt.add_qmp_server(host=mopts.get("host") or "0.0.0.0", port=int(mopts.get("port", "0")), wait=wait)
+            except ConfigError as err:
+                raise UsageError(where, str(err)) from None
+        for where, dopts in devices:
+            try:
+                if where.startswith("-device") or where.startswith("-readconfig"):
+                    _check_cli_duplicate(rt, dopts)
+                rt.machine.device_add(dopts)
+            except ConfigError as err:
+                raise UsageError(where, str(err)) from None
+    except BaseException:
+        rt.close()
+        raise
+    return rt
+
+
+def _check_cli_duplicate(rt: Runtime, dopts: dict[str, str]) -> None:
+    # The command line's QemuOpts list refuses a second id before qdev sees it.
+    qdev_id = dopts.get("id")
+    if qdev_id is not None and rt.machine.find_device(qdev_id) is not None:
+        raise ConfigError(f"Duplicate ID '{qdev_id}' for device")
+
+
+def main(argv: list[str]) -> int:
+    try:
+        rt = build(argv)
+    except UsageError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+    rt.start()
+    rt.run()
+    return 0
+
