@@ -115,7 +115,7 @@ class GuestAgent:
         try:
             data = base64.b64decode(buf_b64, validate=True)
         except (binascii.Error, ValueError):
-            raise AgentError("Base64 data is invalid") from None
+            raise AgentError("Base64 data contains invalid characters") from None
         if count is None:
             count = len(data)
         elif count < 0 or count > len(data):

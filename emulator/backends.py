@@ -19,9 +19,12 @@ read pushes back on the host program through the socket.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import stat
+import sys
+import termios
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -109,15 +112,40 @@ class StreamChardev(Chardev):
         if self._leftover:
             self._deliver_leftover()
             if self._leftover:
-                loop.remove_reader(fd)
+                self._pause_input()
                 return
         fe = self.frontend
         room = fe.chr_can_read() if fe is not None else 0
         if room > 0:
             if not loop.has_reader(fd):
+                loop.remove_hangup(fd)
                 loop.add_reader(fd, self._readable)
-        elif loop.has_reader(fd):
+        else:
+            self._pause_input()
+
+    def _pause_input(self) -> None:
+        """Stop reading while the front end has no room; still notice the
+        peer hanging up (QEMU's hup_source)."""
+        loop, fd = self.loop, self.in_fd
+        if loop is None or fd is None:
+            return
+        if loop.has_reader(fd):
             loop.remove_reader(fd)
+        loop.add_hangup(fd, self._hangup)
+
+    def _hangup(self) -> None:
+        """The peer hung up while we were not reading.  Bytes it sent before
+        leaving stay readable: they go to the guest as it makes room, and
+        the reader then sees EOF.  With nothing left, disconnect now."""
+        fd = self.in_fd
+        if fd is None:
+            return
+        try:
+            pending = int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), "little")
+        except OSError:
+            pending = 0
+        if pending == 0 and not self._leftover:
+            self._disconnected()
 
     def _deliver_leftover(self) -> None:
         fe = self.frontend
@@ -134,8 +162,7 @@ class StreamChardev(Chardev):
             return
         room = fe.chr_can_read() if fe is not None else 0
         if room <= 0:
-            assert self.loop is not None
-            self.loop.remove_reader(fd)
+            self._pause_input()
             return
         try:
             data = os.read(fd, min(room, READ_CHUNK))
@@ -203,6 +230,7 @@ class StreamChardev(Chardev):
                 if fd is not None:
                     self.loop.remove_reader(fd)
                     self.loop.remove_writer(fd)
+                    self.loop.remove_hangup(fd)
         self._write_watch = False
 
     def _disconnected(self) -> None:
@@ -275,8 +303,10 @@ class SocketChardev(StreamChardev):
             try:
                 self._connect()
             except OSError as err:
+                message = f"Failed to connect to '{self._where()}': {_strerror(err)}"
                 if self.reconnect <= 0:
-                    raise ConfigError(f"Failed to connect to '{self._where()}': {_strerror(err)}") from None
+                    raise ConfigError(message) from None
+                print(f"vserial: Unable to connect character device {self.id}: {message}", file=sys.stderr, flush=True)
                 self._schedule_reconnect()
 
     def _listen(self) -> None:
@@ -357,8 +387,7 @@ class SocketChardev(StreamChardev):
             return
         room = fe.chr_can_read() if fe is not None else 0
         if room <= 0:
-            assert self.loop is not None
-            self.loop.remove_reader(conn.fileno())
+            self._pause_input()
             return
         try:
             data = conn.recv(min(room, READ_CHUNK))
@@ -413,7 +442,6 @@ class SocketChardev(StreamChardev):
             if self.server:
                 text += ",server=on"
             if self.conn is not None and self.peer:
-                text = f"tcp:{self.host}:{self.port}" + (",server=on" if self.server else "")
                 text += f" <-> {self.peer}"
         if self.conn is None:
             text = "disconnected:" + text
@@ -466,6 +494,8 @@ class SocketBackend(Backend):
         wait = _bool_opt(opts, "wait", True)
         reconnect = int(convert("reconnect", "uint64", opts["reconnect"])) if "reconnect" in opts else 0
         nodelay = _bool_opt(opts, "nodelay", False)
+        if path is not None and host is not None:
+            raise ConfigError("None or one of 'path', 'fd' or 'host' option required.")
         if path is None and host is None:
             if port_text is None:
                 raise ConfigError("Unable to parse FD number ")
@@ -550,7 +580,7 @@ class FileChardev(StreamChardev):
             self.out_fd = None
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": f"file:{self.path}", "frontend-open": self.fe_open}
+        return {"label": self.id, "filename": "file", "frontend-open": self.fe_open}
 
 
 class FileBackend(Backend):
@@ -615,7 +645,7 @@ class PipeChardev(StreamChardev):
         self.in_fd = self.out_fd = None
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": f"pipe:{self.path}", "frontend-open": self.fe_open}
+        return {"label": self.id, "filename": "pipe", "frontend-open": self.fe_open}
 
 
 class PipeBackend(Backend):
@@ -693,8 +723,9 @@ class RingbufChardev(Chardev):
 
     kind = "ringbuf"
 
-    def __init__(self, chardev_id: str, size: int = 65536) -> None:
+    def __init__(self, chardev_id: str, size: int = 65536, kind: str = "ringbuf") -> None:
         super().__init__(chardev_id)
+        self.kind = kind
         if size & (size - 1) or size == 0:
             raise ConfigError("size of ringbuf chardev must be power of two")
         self.size = size
@@ -732,7 +763,7 @@ class RingbufChardev(Chardev):
         return bytes(out)
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": "ringbuf", "frontend-open": self.fe_open}
+        return {"label": self.id, "filename": self.kind, "frontend-open": self.fe_open}
 
 
 class RingbufBackend(Backend):
@@ -741,10 +772,10 @@ class RingbufBackend(Backend):
     options: ClassVar[dict[str, str]] = {"size": "size"}
 
     def create(self, chardev_id: str, opts: Mapping[str, str]) -> Chardev:
-        size = 65536
-        if "size" in opts:
-            size = parse_size("size", opts["size"])
-        return RingbufChardev(chardev_id, size)
+        size = parse_size("size", opts["size"]) if "size" in opts else 0
+        # size=0 means the default.  (QEMU's QMP path makes a zero-sized ring
+        # from it, and a guest write then crashes QEMU; we do not copy that.)
+        return RingbufChardev(chardev_id, size or 65536, kind=opts.get("backend", "ringbuf"))
 
 
 def parse_size(name: str, text: str) -> int:

@@ -1,6 +1,6 @@
 """The runtime's main loop: file-descriptor watches and timers.
 
-This is QEMU's iohandler/GSource loop in miniature, on ``selectors``: a
+This is QEMU's iohandler/GSource loop in miniature, on ``poll(2)``: a
 backend registers a read or write watch on a descriptor and gets a callback
 when it is ready; timers fire once at a deadline.  Everything runs on one
 thread, so the sans-IO core never sees concurrency.  After every batch of
@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import selectors
+import select
 import time
 from collections.abc import Callable
 
 Callback = Callable[[], None]
 
+_IN = select.POLLIN | select.POLLPRI
+_OUT = select.POLLOUT
+_RDHUP = getattr(select, "POLLRDHUP", 0x2000)
+_ERR = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
 
 class MainLoop:
     def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
-        # fd -> [reader callback, writer callback]
+        self._poll = select.poll()
+        # fd -> [reader, writer, hangup] callbacks
         self._watches: dict[int, list[Callback | None]] = {}
+        self._masks: dict[int, int] = {}
         self._timers: list[tuple[float, int, Callback]] = []
         self._cancelled: set[int] = set()
         self._seq = itertools.count()
@@ -34,38 +40,47 @@ class MainLoop:
 
     # ----------------------------------------------------------------- watches
     def _update(self, fd: int) -> None:
-        reader, writer = self._watches.get(fd, (None, None))
-        mask = (selectors.EVENT_READ if reader else 0) | (selectors.EVENT_WRITE if writer else 0)
-        try:
-            registered = self._sel.get_key(fd)
-        except KeyError:
-            registered = None
+        reader, writer, hup = self._watches.get(fd, (None, None, None))
+        mask = (_IN if reader else 0) | (_OUT if writer else 0) | (_RDHUP if hup else 0)
+        old = self._masks.get(fd)
         if mask == 0:
             self._watches.pop(fd, None)
-            if registered is not None:
-                self._sel.unregister(fd)
-        elif registered is None:
-            self._sel.register(fd, mask)
-        elif registered.events != mask:
-            self._sel.modify(fd, mask)
+            if old is not None:
+                del self._masks[fd]
+                self._poll.unregister(fd)
+        elif old is None:
+            self._masks[fd] = mask
+            self._poll.register(fd, mask)
+        elif old != mask:
+            self._masks[fd] = mask
+            self._poll.modify(fd, mask)
+
+    def _set(self, fd: int, slot: int, callback: Callback | None) -> None:
+        if callback is None and fd not in self._watches:
+            return
+        self._watches.setdefault(fd, [None, None, None])[slot] = callback
+        self._update(fd)
 
     def add_reader(self, fd: int, callback: Callback) -> None:
-        self._watches.setdefault(fd, [None, None])[0] = callback
-        self._update(fd)
+        self._set(fd, 0, callback)
 
     def remove_reader(self, fd: int) -> None:
-        if fd in self._watches:
-            self._watches[fd][0] = None
-            self._update(fd)
+        self._set(fd, 0, None)
 
     def add_writer(self, fd: int, callback: Callback) -> None:
-        self._watches.setdefault(fd, [None, None])[1] = callback
-        self._update(fd)
+        self._set(fd, 1, callback)
 
     def remove_writer(self, fd: int) -> None:
-        if fd in self._watches:
-            self._watches[fd][1] = None
-            self._update(fd)
+        self._set(fd, 1, None)
+
+    def add_hangup(self, fd: int, callback: Callback) -> None:
+        """Called when the peer hangs up while nobody reads the descriptor
+        (QEMU's char-socket hup_source).  One-shot: the watch is removed
+        before the callback runs."""
+        self._set(fd, 2, callback)
+
+    def remove_hangup(self, fd: int) -> None:
+        self._set(fd, 2, None)
 
     def has_reader(self, fd: int) -> bool:
         return fd in self._watches and self._watches[fd][0] is not None
@@ -99,20 +114,28 @@ class MainLoop:
         wait = self._timeout()
         if timeout is not None:
             wait = timeout if wait is None else min(wait, timeout)
-        if self._watches or wait is None:
-            events = self._sel.select(wait)
+        if self._masks or wait is None:
+            events = self._poll.poll(None if wait is None else wait * 1000.0)
         else:
             time.sleep(wait)
             events = []
-        for key, mask in events:
-            cbs = self._watches.get(key.fd)
+        for fd, ev in events:
+            cbs = self._watches.get(fd)
             if cbs is None:
                 continue
-            if mask & selectors.EVENT_WRITE and cbs[1] is not None:
-                cbs[1]()
-            cbs = self._watches.get(key.fd)
-            if cbs is not None and mask & selectors.EVENT_READ and cbs[0] is not None:
+            reader, writer, hup = cbs
+            if ev & _OUT or (ev & _ERR and writer is not None and reader is None):
+                if writer is not None:
+                    writer()
+            cbs = self._watches.get(fd)
+            if cbs is None:
+                continue
+            if ev & (_IN | _ERR) and cbs[0] is not None:
                 cbs[0]()
+            elif ev & (_RDHUP | _ERR) and cbs[2] is not None:
+                hup = cbs[2]
+                self.remove_hangup(fd)
+                hup()
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, handle, cb = heapq.heappop(self._timers)
@@ -135,4 +158,7 @@ class MainLoop:
         self.running = False
 
     def close(self) -> None:
-        self._sel.close()
+        for fd in list(self._masks):
+            self._poll.unregister(fd)
+        self._masks.clear()
+        self._watches.clear()

@@ -121,6 +121,7 @@ class VirtConsoleBase(VirtIOSerialPort):
             )
         chr_.attach(self)
         if self.is_console:
+            chr_.set_fe_open(True)  # qemu_chr_fe_set_open: consoles are open at once
             # Consoles never block on a missing reader: open from realize on.
             assert self.device is not None
             self.device.port_host_open(self)

@@ -46,13 +46,31 @@ FLAGS = {"S", "nodefaults", "nographic", "no-user-config", "enable-kvm", "versio
 IGNORED = {"M", "machine", "accel", "cpu", "smp", "display", "nodefaults", "nographic", "no-user-config", "enable-kvm"}
 
 
+class SeparateReports(ConfigError):
+    """Several error reports, each printed with the option prefix (QEMU's
+    -qmp parse failure prints two)."""
+
+    def __init__(self, reports: list[str]) -> None:
+        super().__init__("\n".join(reports))
+        self.reports = reports
+
+
 class UsageError(Exception):
     """A command-line error: ``vserial: <where>: <message>``, exit 1."""
 
-    def __init__(self, where: str, message: str) -> None:
+    def __init__(self, where: str, message: str, reports: list[str] | None = None) -> None:
         super().__init__(f"{where}: {message}" if where else message)
         self.where = where
         self.message = message
+        self.reports = reports or [message]
+
+    @classmethod
+    def wrap(cls, where: str, err: ConfigError) -> UsageError:
+        return cls(where, str(err), err.reports if isinstance(err, SeparateReports) else None)
+
+    def lines(self) -> str:
+        prefix = f"{PROG}: {self.where}: " if self.where else f"{PROG}: "
+        return "".join(prefix + r + "\n" for r in self.reports)
 
 
 def compat_chardev(spec: str) -> tuple[str, dict[str, str]]:
@@ -75,8 +93,7 @@ def compat_chardev(spec: str) -> tuple[str, dict[str, str]]:
         opts["host"] = host
         opts["port"] = port
         return "socket", opts
-    name = spec.split(":", 1)[0].split(",", 1)[0]
-    raise ConfigError(f"'{name}' is not a valid char driver\nparse error: {spec}")
+    raise SeparateReports([f"'{spec}' is not a valid char driver", f"parse error: {spec}"])
 
 
 def _read_config(path: str) -> list[tuple[str, dict[str, str]]]:
@@ -142,6 +159,9 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
     virtcons = 0
 
     for name, value in opts:
+        if name in ("chardev", "device") and value is not None and _help(name, value, stdout or sys.stdout):
+            raise SystemExit(0)
+    for name, value in opts:
         where = f"-{name} {value}" if value is not None else f"-{name}"
         try:
             if name == "device":
@@ -176,7 +196,7 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 ram_size = size
             elif name == "name":
                 assert value is not None
-                guest_name = parse_opts(value, "guest").get("guest")
+                guest_name = parse_opts(value, "guest").get("guest") or None
             elif name == "S":
                 paused = True
             elif name == "trace":
@@ -201,13 +221,14 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
             elif name in IGNORED:
                 pass
         except ConfigError as err:
-            raise UsageError(where, str(err)) from None
+            raise UsageError.wrap(where, err) from None
 
     sink: Callable[[str], None] | None = None
+    log: IO[str] | None = None
     if trace_patterns:
         if log_file is not None:
             try:
-                fh = open(log_file, "a", buffering=1, encoding="utf-8")
+                log = fh = open(log_file, "a", buffering=1, encoding="utf-8")
             except OSError as err:
                 raise UsageError(f"-D {log_file}", f"Could not open '{log_file}': {err.strerror}") from None
 
@@ -221,13 +242,19 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
         if not trace.enable(pattern):
             print(f"{PROG}: -trace {pattern}: warning: trace event '{pattern}' does not exist", file=sys.stderr)
 
-    rt = Runtime(ram_size=ram_size, name=guest_name, trace=trace, paused=paused)
+    try:
+        rt = Runtime(ram_size=ram_size, name=guest_name, trace=trace, paused=paused)
+    except MemoryError:
+        if log is not None:
+            log.close()
+        raise UsageError("", "cannot set up guest memory 'pc.ram': Cannot allocate memory") from None
+    rt.log_file = log
     try:
         for where, copts in chardevs:
             try:
                 rt.chardev_from_opts(copts)
             except ConfigError as err:
-                raise UsageError(where, str(err)) from None
+                raise UsageError.wrap(where, err) from None
         for where, (backend, mopts) in monitors:
             try:
                 if backend != "socket" or mopts.get("server", "off") != "on":
@@ -238,18 +265,44 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 else:
                     rt.add_qmp_server(host=mopts.get("host") or "0.0.0.0", port=int(mopts.get("port", "0")), wait=wait)
             except ConfigError as err:
-                raise UsageError(where, str(err)) from None
+                raise UsageError.wrap(where, err) from None
         for where, dopts in devices:
             try:
                 if where.startswith("-device") or where.startswith("-readconfig"):
                     _check_cli_duplicate(rt, dopts)
                 rt.machine.device_add(dopts)
             except ConfigError as err:
-                raise UsageError(where, str(err)) from None
+                raise UsageError.wrap(where, err) from None
     except BaseException:
         rt.close()
         raise
     return rt
+
+
+def _help(option: str, value: str, out: IO[str]) -> bool:
+    """``-chardev help`` and ``-device DRIVER,help``, in QEMU's format."""
+    from .plugins import default_plugins
+    from .qdev import PORT_PROPERTIES
+
+    parts = value.split(",")
+    if option == "chardev" and parts[0] == "help":
+        print("Available chardev backend types: ", file=out)
+        for name in default_plugins().backends:
+            print(f"  {name}", file=out)
+        return True
+    if option == "device" and "help" in parts[1:]:
+        cls = default_plugins().port_type(parts[0])
+        if cls is None:
+            return False
+        print(f"{cls.driver} options:", file=out)
+        props = {k: v for k, v in PORT_PROPERTIES.items() if k != "bus"} | dict(cls.extra_properties)
+        notes = {"chardev": "- ID of a chardev to use as a backend", "nr": "-  (default: 4294967295)"}
+        for key in sorted(props):
+            kind = {"str": "str", "bool": "bool"}.get(props[key], props[key])
+            left = f"  {key}=<{kind}>"
+            print(f"{left:<25}{notes[key]}" if key in notes else left, file=out)
+        return True
+    return False
 
 
 def _check_cli_duplicate(rt: Runtime, dopts: dict[str, str]) -> None:
@@ -263,7 +316,7 @@ def main(argv: list[str]) -> int:
     try:
         rt = build(argv)
     except UsageError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
+        sys.stderr.write(err.lines())
         return 1
     rt.start()
     rt.run()

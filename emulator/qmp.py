@@ -48,7 +48,35 @@ class ParseError(Exception):
 
 # --------------------------------------------------------------- JSON stream
 _STRUCT = re.compile(r'[{}\[\]"]|[^\s{}\[\]"]')
-_STRING_BODY = re.compile(r'(?:[^"\\]|\\.)*"', re.S)
+_BARE_TOP = re.compile(r'[^\s{}\[\]"]*')
+_BARE_INNER = re.compile(r'[^{}\[\]"]*')
+
+
+def _string_end(buf: str, start: int) -> int:
+    """Index just past the closing quote of a string whose body starts at
+    ``start``, or -1 if the string is not complete yet."""
+    j = start
+    while True:
+        k = buf.find('"', j)
+        if k < 0:
+            return -1
+        b = k - 1
+        while b >= start and buf[b] == "\\":
+            b -= 1
+        if (k - 1 - b) % 2 == 0:
+            return k + 1
+        j = k + 1
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey
+    return out
 
 
 class JSONStreamer:
@@ -59,7 +87,8 @@ class JSONStreamer:
         self.pos = 0  # scan position
         self.start: int | None = None  # start of the current value
         self.depth = 0
-        self._decoder = json.JSONDecoder()
+        self._open_string: tuple[int, int] | None = None  # (quote index, scanned up to)
+        self._decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
 
     def feed(self, data: bytes) -> list[Any]:
         """Returns decoded values and ParseError instances, in order."""
@@ -68,6 +97,22 @@ class JSONStreamer:
         buf = self.buf
         pos = self.pos
         n = len(buf)
+        if self._open_string is not None:
+            # The previous read ended inside a string: look for its end only
+            # in the new bytes (a long base64 argument arrives in pieces).
+            qstart, scanned = self._open_string
+            self._open_string = None
+            end = _string_end(buf, max(qstart + 1, scanned - 1))
+            if end < 0 or not self._escapes_ok(buf, qstart + 1, end):
+                end = _string_end(buf, qstart + 1) if end >= 0 else -1
+            if end < 0:
+                self._open_string = (qstart, n)
+                pos = n
+            else:
+                pos = end
+                if self.depth == 0:
+                    assert self.start is not None
+                    out.append(self._emit(buf[self.start : pos]))
         while pos < n:
             m = _STRUCT.search(buf, pos)
             if m is None:
@@ -76,15 +121,16 @@ class JSONStreamer:
             ch = m.group()
             i = m.start()
             if ch == '"':
-                sm = _STRING_BODY.match(buf, i + 1)
-                if sm is None:
+                end = _string_end(buf, i + 1)
+                if end < 0:
                     if self.start is None:
                         self.start = i
                     pos = i  # wait for the rest of the string
+                    self._open_string = (i, n)
                     break
                 if self.start is None:
                     self.start = i
-                pos = sm.end()
+                pos = end
                 if self.depth == 0:
                     out.append(self._emit(buf[self.start : pos]))
                 continue
@@ -112,7 +158,7 @@ class JSONStreamer:
             if self.start is None:
                 self.start = i
             if self.depth == 0:
-                m2 = re.compile(r'[^\s{}\[\]"]*').match(buf, i)
+                m2 = _BARE_TOP.match(buf, i)
                 assert m2 is not None
                 end = m2.end()
                 if end == n:
@@ -121,23 +167,37 @@ class JSONStreamer:
                 out.append(self._emit(buf[self.start : end]))
                 pos = end
             else:
-                m2 = re.compile(r'[^{}\[\]"]*').match(buf, i)
+                m2 = _BARE_INNER.match(buf, i)
                 assert m2 is not None
                 pos = m2.end()
         # keep only the unfinished value
         if self.start is None:
             self.buf = ""
             self.pos = 0
+            self._open_string = None
         else:
-            self.buf = buf[self.start :]
-            self.pos = pos - self.start
+            base = self.start
+            self.buf = buf[base:] if base else buf
+            self.pos = pos - base
             self.start = 0
+            if self._open_string is not None:
+                q, scanned = self._open_string
+                self._open_string = (q - base, scanned - base)
             if len(self.buf) > MAX_MESSAGE:
                 out.append(ParseError("JSON parse error, token too large"))
                 self._reset_after(len(self.buf))
         return out
 
+    @staticmethod
+    def _escapes_ok(buf: str, start: int, end: int) -> bool:
+        """The quote found at end-1 closes the string (even backslashes before it)."""
+        b = end - 2
+        while b >= start and buf[b] == "\\":
+            b -= 1
+        return (end - 2 - b) % 2 == 0
+
     def _reset_after(self, upto: int) -> None:
+        self._open_string = None
         self.buf = self.buf[upto:]
         self.start = None
         self.depth = 0
@@ -150,12 +210,12 @@ class JSONStreamer:
             if end != len(text.strip()):
                 raise ValueError
             return value
-        except (ValueError, RecursionError) as err:
+        except _DuplicateKey:
+            return ParseError("JSON parse error, duplicate key")
+        except (ValueError, RecursionError):
             msg = "JSON parse error, expecting value"
             s = text.strip()
-            if isinstance(err, json.JSONDecodeError) and "property name" in err.msg:
-                msg = "JSON parse error, key is not a string in object"
-            elif s and s[0].isalpha():
+            if s and s[0].isalpha():
                 word = re.match(r"[A-Za-z_]+", s)
                 msg = f"JSON parse error, invalid keyword '{word.group() if word else s}'"
             return ParseError(msg)
@@ -300,7 +360,8 @@ class QMPSession:
 
     def _reply(self, req_id: Any, has_id: bool, body: dict[str, Any]) -> None:
         if has_id:
-            body["id"] = req_id
+            # QEMU's key order: {"return": ..., "id": X} but {"id": X, "error": ...}
+            body = {**body, "id": req_id} if "return" in body else {"id": req_id, **body}
         self.send(body)
 
     def handle(self, msg: Any) -> None:

@@ -13,7 +13,7 @@ import binascii
 import signal
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 from .agent import GuestAgent
 from .backends import RingbufChardev
@@ -57,6 +57,7 @@ class Runtime:
         self.shutdown_reason: str | None = None
         self._register_commands()
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self.log_file: IO[str] | None = None  # -D; closed with the runtime
 
     # ------------------------------------------------------------- life cycle
     def start(self) -> None:
@@ -131,6 +132,9 @@ class Runtime:
             server.close()
         for chr_ in list(self.machine.chardevs.values()):
             chr_.close()
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
             for s in self._wakeup:
@@ -152,7 +156,7 @@ class Runtime:
                 raise ConfigError(f"Invalid parameter '{key}'")
         if chardev_id in self.machine.chardevs:
             raise ConfigError(f"Duplicate ID '{chardev_id}' for chardev")
-        chr_ = backend.create(chardev_id, opts)
+        chr_ = backend.create(chardev_id, {**opts, "backend": backend_name})
         chr_.open(self.loop)
         try:
             self.machine.chardev_add(chr_)
@@ -335,7 +339,7 @@ class Runtime:
             try:
                 raw = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
-                raise QMPError("Base64 data is invalid") from None
+                raise QMPError("Base64 data contains invalid characters") from None
         else:
             raw = data.encode("utf-8", "surrogateescape")
         chr_.write(memoryview(raw))
