@@ -120,13 +120,18 @@ class GuestAgent:
             count = len(data)
         elif count < 0 or count > len(data):
             raise AgentError(f"value '{count}' is invalid for argument count")
+        self.write_bytes(handle, memoryview(data)[:count])
+        return {"count": count, "eof": False}
+
+    def write_bytes(self, handle: int, data: bytes | memoryview) -> None:
+        """The program writes ``data`` (taken whole, flushed as the port allows)."""
+        h = self._get(handle)
         if h.error is not None:
             raise AgentError(f"failed to write to file: {h.error}")
-        if count:
-            h.pending.append(memoryview(data)[:count])
-            h.pending_bytes += count
+        if len(data):
+            h.pending.append(memoryview(data))
+            h.pending_bytes += len(data)
             self.flush_one(h)
-        return {"count": count, "eof": False}
 
     def close(self, handle: int) -> None:
         h = self._get(handle)
