@@ -15,6 +15,7 @@ in one read, with no newline required.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -88,11 +89,13 @@ class JSONStreamer:
         self.start: int | None = None  # start of the current value
         self.depth = 0
         self._open_string: tuple[int, int] | None = None  # (quote index, scanned up to)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         self._decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
 
     def feed(self, data: bytes) -> list[Any]:
         """Returns decoded values and ParseError instances, in order."""
-        self.buf += data.decode("utf-8", errors="surrogateescape")
+        # incremental: a UTF-8 sequence may be split across reads
+        self.buf += self._utf8.decode(data)
         out: list[Any] = []
         buf = self.buf
         pos = self.pos
