@@ -72,13 +72,21 @@ class Plugins:
 
     def _each(self, hook_name: str) -> Iterable[tuple[str, Any]]:
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
-            yield impl.plugin_name, impl.function()
+        for impl in caller.get_hookimpls():  # registration order (pluggy calls LIFO)
+            result = impl.function()
+            if result is not None and not isinstance(result, (list, tuple, dict)):
+                kind = "dict" if hook_name == "vserial_qmp_commands" else "list"
+                raise PluginError(f"plugin '{impl.plugin_name}': {hook_name} returned {result!r}, not a {kind}")
+            yield impl.plugin_name, result
 
     def port_type(self, driver: str) -> type[VirtIOSerialPort] | None:
+        from .ports import VirtIOSerialPort
+
         cls = self.port_types.get(driver)
         if cls is None:
             cls = self.pm.hook.vserial_port_type_for(driver=driver)
+            if cls is not None and not (isinstance(cls, type) and issubclass(cls, VirtIOSerialPort)):
+                raise PluginError(f"vserial_port_type_for('{driver}') returned {cls!r}, not a port type")
         return cls
 
     def names(self) -> list[str]:
@@ -103,8 +111,9 @@ def make_plugin_manager(plugins: Iterable[object] = (), *, autoload: bool | None
         if autoload:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         for modname in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
-            if pm.get_plugin(modname) is None:
-                pm.register(importlib.import_module(modname), name=modname)
+            module = importlib.import_module(modname)
+            if pm.get_plugin(modname) is None and not pm.is_registered(module):
+                pm.register(module, name=modname)
         for plugin in plugins:
             pm.register(plugin)
     except pluggy.PluginValidationError as err:

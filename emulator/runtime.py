@@ -246,6 +246,10 @@ class Runtime:
         reg("guest-ping", lambda: {}, {})
         reg("guest-sync", lambda id: id, {"id": ("int", True)})
         for name, handler in self.plugins.qmp_commands.items():
+            if name in self.monitor.commands or name == "qmp_capabilities":
+                from .plugins import PluginError
+
+                raise PluginError(f"QMP command '{name}' is already registered")
             reg(name, lambda args, h=handler: h(self, **args), None)
 
     def qmp_query_status(self) -> dict[str, Any]:

@@ -145,12 +145,6 @@ def test_a_plugin_cannot_take_a_builtin_driver_name() -> None:
         make_plugin_manager([mod], autoload=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Plugins._each iterates reversed(get_hookimpls()), i.e. pluggy's LIFO call order, "
-    "not registration order as its comment says, so the duplicate error blames the plugin that "
-    "registered the name first (here the built-in) instead of the one that claimed it again",
-)
 def test_duplicate_error_names_the_plugin_that_claimed_the_name_second() -> None:
     class Mine(VirtConsoleBase):
         driver = "virtserialport"
@@ -161,11 +155,6 @@ def test_duplicate_error_names_the_plugin_that_claimed_the_name_second() -> None
     assert str(info.value).startswith("plugin 'thief':")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Plugins._each collects in reverse registration order, so a plugin's backends "
-    "come before the built-ins in Plugins.backends (and in query-chardev-backends)",
-)
 def test_registries_keep_registration_order() -> None:
     class Extra(Backend):
         name = "x-extra"
@@ -205,11 +194,6 @@ def test_non_backend_returned_is_rejected() -> None:
         make_plugin_manager([mod], autoload=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a vserial_port_types hook returning one class instead of a list raises "
-    "TypeError ('type' object is not iterable) from Plugins._collect, not PluginError",
-)
 def test_a_single_class_instead_of_a_list_is_a_plugin_error() -> None:
     class Lone(VirtConsoleBase):
         driver = "x-lone"
@@ -269,12 +253,6 @@ def test_port_type_for_is_firstresult() -> None:
     assert p.port_type("x-dyn") is First
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the vserial_port_type_for answer is not checked: a non-port-type makes "
-    "Machine.device_add fail with AttributeError (\"'str' object has no attribute 'driver'\") "
-    "instead of PluginError",
-)
 def test_port_type_for_returning_a_non_port_type_is_a_plugin_error() -> None:
     mod = plugin_module("badfor", vserial_port_type_for=lambda driver: "not a type" if driver == "x-bad" else None)
     m = Machine(plugins=make_plugin_manager([mod], autoload=False))
@@ -376,12 +354,6 @@ def test_x_echo_stats_qmp_command_counts_bytes_echoed() -> None:
         rt.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Runtime._register_commands registers plugin QMP commands after the built-in "
-    "ones without a clash check, so a plugin's 'query-status' silently replaces the built-in "
-    "(hookspecs says a name claimed twice is an error)",
-)
 def test_plugin_qmp_command_cannot_replace_a_builtin_command() -> None:
     mod = plugin_module("hijack", vserial_qmp_commands=lambda: {"query-status": lambda rt: {"status": "hijacked"}})
     p = make_plugin_manager([mod], autoload=False)
@@ -535,13 +507,6 @@ def test_vserial_plugins_env_takes_a_comma_separated_list(monkeypatch: pytest.Mo
     assert set(p.qmp_commands) == {"x-echo-stats", "x-extra"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: make_plugin_manager skips a VSERIAL_PLUGINS module only if a plugin of that "
-    "*name* is registered; an entry point registers the same module under the entry point's "
-    "name, so pluggy's register raises ValueError ('Plugin already registered under a different "
-    "name'), not even a PluginError",
-)
 def test_vserial_plugins_naming_an_entry_point_module_loads_it_once(
     fake_dist: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
