@@ -388,3 +388,68 @@ def test_slow_host_reader_throttles_the_port_and_loses_nothing() -> None:
     states = [line[-1] for line in lines if line.startswith("virtio_serial_throttle_port port 1,")]
     assert states[-1] == "0"
     assert all(a != b or a == "0" for a, b in zip(states, states[1:]))
+
+
+def test_a_plugin_port_type_runs_in_vserial_run() -> None:
+    """A third-party port type (tests/plugins/echo_plugin.py, loaded with
+    VSERIAL_PLUGINS) takes its own -device property, its own guest-data
+    behaviour and its own QMP command, through the real process."""
+
+    async def body(vm: VM) -> None:
+        await expect_error(vm, "device_add", {"driver": "x-echoport", "foo": "1"}, "GenericError",
+                           "Property 'x-echoport.foo' not found")
+        await vm.cmd("device_add", {"driver": "x-echoport", "id": "echo2", "name": "org.test.echo2", "prefix": "> "})
+        for path, prefix in (("/dev/virtio-ports/org.test.echo", b"< "), ("/dev/virtio-ports/org.test.echo2", b"> ")):
+            h = await vm.cmd("guest-file-open", {"path": path, "mode": "r+"})
+            await gwrite(vm, h, b"marco")
+            assert await gread_exactly(vm, h, len(prefix) + 5) == prefix + b"marco"
+            await vm.cmd("guest-file-close", {"handle": h})
+        stats = await vm.cmd("x-echo-stats", {"id": "echo"})
+        assert stats["echoed"] == len(b"< marco")
+
+    run(body, "-device", "virtio-serial", "-device", "x-echoport,id=echo,name=org.test.echo,prefix=< ",
+        env={"VSERIAL_PLUGINS": "tests.plugins.echo_plugin"})
+
+
+def test_qmp_over_tcp() -> None:
+    import socket as so
+
+    probe = so.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator.cli", "run", "-device", "virtio-serial", "-device", "virtconsole",
+         "-qmp", f"tcp:127.0.0.1:{port},server=on,wait=off"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
+    )
+    try:
+        async def drive() -> None:
+            from qemu.qmp import ConnectError, QMPClient
+
+            qmp = QMPClient("tcp")
+            for _ in range(500):
+                try:
+                    await qmp.connect(("127.0.0.1", port))
+                    break
+                except ConnectError:  # not listening yet
+                    await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("no QMP on tcp")
+            assert (await qmp.execute("query-status"))["running"] is True
+            ports = await qmp.execute("x-guest-ports")
+            assert [p["console"] for p in ports] == ["/dev/hvc0"]
+            await qmp.execute("quit")
+            try:
+                await qmp.disconnect()
+            except EOFError:
+                pass
+
+        asyncio.run(drive())
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
