@@ -25,6 +25,7 @@ import socket
 import stat
 import sys
 import termios
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -203,6 +204,25 @@ class StreamChardev(Chardev):
         if n < len(data):
             self._watch_writable()
         return n
+
+    def flush_blocking(self, data: bytes, timeout: float) -> None:
+        import select as _select
+
+        fd = self.out_fd
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout
+        while fd is not None and view and self.be_open:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return
+            view = view[n:]
+            if view:
+                left = deadline - time.monotonic()
+                if left <= 0 or not _select.select([], [fd], [], left)[1]:
+                    return
 
     def _watch_writable(self) -> None:
         if self._write_watch or self.loop is None or self.out_fd is None:
@@ -405,6 +425,15 @@ class SocketChardev(StreamChardev):
         if n < len(data):
             self._leftover = data[max(n, 0) :]
         self._want_input()
+
+    def flush_blocking(self, data: bytes, timeout: float) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.settimeout(timeout)
+            self.conn.sendall(data)
+        except OSError:
+            pass
 
     def _disconnected(self) -> None:
         conn = self.conn

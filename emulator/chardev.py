@@ -68,6 +68,10 @@ class Chardev:
     def close(self) -> None:
         """Stop I/O and release descriptors (chardev-remove, shutdown)."""
 
+    def flush_blocking(self, data: bytes, timeout: float) -> None:
+        """Last words at shutdown: write ``data`` waiting up to ``timeout``."""
+        self.write(memoryview(data))
+
     # -- front -> back -----------------------------------------------------------
     def write(self, data: memoryview) -> int:
         raise NotImplementedError

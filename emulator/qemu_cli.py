@@ -39,7 +39,7 @@ from .trace import Trace
 PROG = "vserial"
 
 WITH_ARG = {
-    "device", "chardev", "virtioconsole", "m", "name", "qmp", "trace", "D", "readconfig",
+    "device", "chardev", "virtioconsole", "m", "name", "qmp", "mon", "trace", "D", "readconfig",
     "M", "machine", "accel", "cpu", "smp", "display",
 }
 FLAGS = {"S", "nodefaults", "nographic", "no-user-config", "enable-kvm", "version", "h", "help"}
@@ -156,6 +156,7 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
     chardevs: list[tuple[str, dict[str, str]]] = []  # (where, opts)
     devices: list[tuple[str, dict[str, str]]] = []
     monitors: list[tuple[str, tuple[str, dict[str, str]]]] = []
+    mons: list[tuple[str, str]] = []  # -mon: (where, chardev id)
     virtcons = 0
 
     for name, value in opts:
@@ -184,6 +185,20 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
             elif name == "qmp":
                 assert value is not None
                 monitors.append((where, compat_chardev(value)))
+            elif name == "mon":
+                assert value is not None
+                mopts = parse_opts(value, "chardev")
+                for key in mopts:
+                    if key not in ("chardev", "mode", "id", "pretty", "default"):
+                        raise ConfigError(f"Invalid parameter '{key}'")
+                if "chardev" not in mopts:
+                    raise ConfigError("Parameter 'chardev' is missing")
+                mode = mopts.get("mode", "readline")
+                if mode not in ("readline", "control"):
+                    raise ConfigError(f"Parameter 'mode' does not accept value '{mode}'")
+                if mode != "control":
+                    raise ConfigError("vserial has no human monitor (mode=readline); use mode=control")
+                mons.append((where, mopts["chardev"]))
             elif name == "m":
                 assert value is not None
                 mopts = parse_opts(value, "size")
@@ -257,13 +272,12 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 raise UsageError.wrap(where, err) from None
         for where, (backend, mopts) in monitors:
             try:
-                if backend != "socket" or mopts.get("server", "off") != "on":
-                    raise ConfigError("vserial's monitor needs a listening socket: unix:PATH,server=on or tcp:HOST:PORT,server=on")
-                wait = mopts.get("wait", "on") == "on"
-                if "path" in mopts:
-                    rt.add_qmp_server(path=mopts["path"], wait=wait)
-                else:
-                    rt.add_qmp_server(host=mopts.get("host") or "0.0.0.0", port=int(mopts.get("port", "0")), wait=wait)
+                rt.add_qmp(backend, mopts)
+            except ConfigError as err:
+                raise UsageError.wrap(where, err) from None
+        for where, chardev_id in mons:
+            try:
+                rt.add_monitor(chardev_id)
             except ConfigError as err:
                 raise UsageError.wrap(where, err) from None
         for where, dopts in devices:

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import re
-import socket
-import stat
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .mainloop import MainLoop
+    from .chardev import Chardev
 
 QEMU_VERSION = {"micro": 22, "minor": 2, "major": 7}
 MAX_MESSAGE = 64 * 1024 * 1024  # QEMU's MAX_TOKEN_SIZE
@@ -276,6 +273,7 @@ class Monitor:
 
     def __init__(self, package: str) -> None:
         self.package = package
+        self.on_quit: Callable[[], None] = lambda: None
         # name -> (handler, arg spec or None for free-form, allow_oob)
         self.commands: dict[str, tuple[Command, dict[str, tuple[str, bool]] | None]] = {}
         self.sessions: list[QMPSession] = []
@@ -294,72 +292,33 @@ class Monitor:
 
 
 class QMPSession:
-    def __init__(self, monitor: Monitor, loop: MainLoop, sock: socket.socket, on_close: Callable[[QMPSession], None]) -> None:
+    """One client conversation: negotiation state, input splitting, dispatch.
+    ``write`` hands encoded output to the transport."""
+
+    def __init__(self, monitor: Monitor, write: Callable[[bytes], None]) -> None:
         self.monitor = monitor
-        self.loop = loop
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.on_close = on_close
+        self.write = write
         self.streamer = JSONStreamer()
         self.command_mode = False
         self.oob = False
-        self.out = bytearray()
         self.closed = False
-        sock.setblocking(False)
         monitor.sessions.append(self)
-        loop.add_reader(self.fd, self._readable)
         self.send(monitor.greeting())
 
-    # -- output ------------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> None:
         if self.closed:
             return
-        self.out += json.dumps(msg, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8", "surrogateescape")
-        self.out += b"\r\n"
-        self._flush()
+        data = json.dumps(msg, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8", "surrogateescape")
+        self.write(data + b"\r\n")
 
-    def _flush(self) -> None:
-        while self.out:
-            try:
-                n = self.sock.send(self.out)
-            except BlockingIOError:
-                break
-            except OSError:
-                self.close()
-                return
-            del self.out[:n]
-        if self.out:
-            self.loop.add_writer(self.fd, self._flush)
-        else:
-            self.loop.remove_writer(self.fd)
-
-    # -- input -------------------------------------------------------------------
-    def _readable(self) -> None:
-        try:
-            data = self.sock.recv(1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close()
-            return
-        for item in self.streamer.feed(data):
+    def feed(self, data: bytes | memoryview) -> None:
+        for item in self.streamer.feed(bytes(data)):
             if self.closed:
                 return
             if isinstance(item, ParseError):
                 self.send({"error": {"class": "GenericError", "desc": str(item)}})
             else:
                 self.handle(item)
-        if len(self.out) > OUTPUT_HIGH_WATER:
-            # A client that does not read its replies stops being read.
-            self.loop.remove_reader(self.fd)
-            self.loop.add_writer(self.fd, self._drain_then_read)
-
-    def _drain_then_read(self) -> None:
-        self._flush()
-        if not self.out and not self.closed:
-            self.loop.add_reader(self.fd, self._readable)
 
     def _reply(self, req_id: Any, has_id: bool, body: dict[str, Any]) -> None:
         if has_id:
@@ -382,17 +341,16 @@ class QMPSession:
         except ConfigError as err:
             self._reply(req_id, has_id, {"error": {"class": "GenericError", "desc": str(err)}})
             return
-        if not self.closed:
-            self._reply(req_id, has_id, {"return": result})
+        self._reply(req_id, has_id, {"return": result})
         if name == "quit":
-            self.monitor.quit_requested()  # type: ignore[attr-defined]
+            self.monitor.on_quit()
 
     def _parse(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
         for key in msg:
             if key not in ("execute", "exec-oob", "arguments", "id"):
                 raise QMPError(f"QMP input member '{key}' is unexpected")
         oob = "exec-oob" in msg
-        if oob and "execute" in msg:
+        if oob and ("execute" in msg or not self.oob):
             raise QMPError("QMP input member 'exec-oob' is unexpected")
         key = "exec-oob" if oob else "execute"
         if key not in msg:
@@ -403,8 +361,6 @@ class QMPSession:
         args = msg.get("arguments", {})
         if not isinstance(args, dict):
             raise QMPError("QMP input member 'arguments' must be an object")
-        if oob and not self.oob:
-            raise QMPError("QMP input member 'exec-oob' is unexpected")
         return name, args, oob
 
     def _dispatch(self, name: str, args: dict[str, Any], oob: bool) -> Any:
@@ -434,70 +390,70 @@ class QMPSession:
         if self.closed:
             return
         self.closed = True
-        self.loop.remove_reader(self.fd)
-        self.loop.remove_writer(self.fd)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
         if self in self.monitor.sessions:
             self.monitor.sessions.remove(self)
-        self.on_close(self)
 
 
-class QMPServer:
-    """A listening ``-qmp unix:PATH,server=on`` / ``tcp:HOST:PORT`` socket."""
+class ChardevMonitor:
+    """A QMP monitor on a chardev (``-mon chardev=ID,mode=control``; ``-qmp``
+    makes the chardev ``compat_monitorN`` itself), as QEMU's monitor is a
+    chardev front end: a socket chardev serves one client at a time, and a
+    new connection gets a fresh session and greeting.  Output the chardev
+    cannot take now waits here; while more than ``OUTPUT_HIGH_WATER`` bytes
+    wait, the monitor stops reading the client."""
 
-    def __init__(self, monitor: Monitor, loop: MainLoop, *, path: str | None = None,
-                 host: str | None = None, port: int | None = None, wait: bool = False) -> None:
+    def __init__(self, monitor: Monitor, chardev: Chardev) -> None:
+        if chardev.in_use:
+            raise ConfigError(f"Device '{chardev.id}' is in use")
         self.monitor = monitor
-        self.loop = loop
-        self.path = path
-        self.host = host
-        self.port = port
-        family = socket.AF_UNIX if path is not None else socket.AF_INET6 if ":" in (host or "") else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            if path is not None:
-                try:
-                    if stat.S_ISSOCK(os.stat(path).st_mode):
-                        os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                sock.bind(path)
-            else:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((host or "0.0.0.0", port or 0))
-                self.port = sock.getsockname()[1]
-            sock.listen(16)
-        except OSError as err:
-            sock.close()
-            where = path if path is not None else f"{host}:{port}"
-            raise ConfigError(f"Failed to bind socket to {where}: {os.strerror(err.errno or 0)}") from None
-        self.sock = sock
-        if wait:
-            conn, _ = sock.accept()
-            QMPSession(monitor, loop, conn, lambda s: None)
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._accept)
+        self.chardev = chardev
+        self.session: QMPSession | None = None
+        self.out = bytearray()
+        chardev.attach(self)
+        chardev.set_fe_open(True)
+        if chardev.be_open:
+            self.chr_event(True)
 
-    def _accept(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        QMPSession(self.monitor, self.loop, conn, lambda s: None)
+    # -- ChardevFrontend -----------------------------------------------------------
+    def chr_can_read(self) -> int:
+        if self.session is None or len(self.out) > OUTPUT_HIGH_WATER:
+            return 0
+        return 1 << 20
 
-    def filename(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path},server=on"
-        return f"tcp:{self.host}:{self.port},server=on"
+    def chr_read(self, data: bytes | memoryview) -> int:
+        if self.session is not None:
+            self.session.feed(data)
+        return len(data)
+
+    def chr_event(self, opened: bool) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.out.clear()
+        if opened:
+            self.session = QMPSession(self.monitor, self._write)
+
+    def chr_write_unblocked(self) -> None:
+        self._flush()
+
+    # -- output ----------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        self.out += data
+        self._flush()
+
+    def _flush(self) -> None:
+        was_full = len(self.out) > OUTPUT_HIGH_WATER
+        while self.out:
+            with memoryview(self.out) as view:
+                n = self.chardev.write(view)
+            if n <= 0:
+                break
+            del self.out[:n]
+        if was_full and len(self.out) <= OUTPUT_HIGH_WATER:
+            self.chardev.accept_input()
 
     def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-        if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.chardev.detach()

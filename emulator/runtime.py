@@ -25,7 +25,7 @@ from .mainloop import MainLoop
 from .memory import DEFAULT_RAM_SIZE
 from .plugins import Plugins, default_plugins
 from .ports import VirtIOSerialPort
-from .qmp import Monitor, QMPError, QMPServer
+from .qmp import ChardevMonitor, Monitor, QMPError
 from .trace import Trace
 
 VERSION = "0.1.0"
@@ -50,8 +50,8 @@ class Runtime:
         self.status = "prelaunch" if paused else "running"
         self.agent = GuestAgent(self.machine)
         self.monitor = Monitor(f"vserial {VERSION}")
-        self.monitor.quit_requested = self._quit_now  # type: ignore[attr-defined]
-        self.qmp_servers: list[QMPServer] = []
+        self.monitor.on_quit = self._quit_now
+        self.monitors: list[ChardevMonitor] = []
         self.machine.event_listeners.append(self._on_event)
         self.loop.after_dispatch.append(self.service)
         self.shutdown_reason: str | None = None
@@ -118,18 +118,11 @@ class Runtime:
         self.loop.stop()
 
     def close(self) -> None:
-        for session in list(self.monitor.sessions):
-            if session.out:
-                try:
-                    session.sock.setblocking(True)
-                    session.sock.settimeout(2)
-                    session.sock.sendall(session.out)
-                except OSError:
-                    pass
-                session.out.clear()
-            session.close()
-        for server in self.qmp_servers:
-            server.close()
+        for mon in self.monitors:
+            if mon.out:
+                mon.chardev.flush_blocking(bytes(mon.out), timeout=2.0)
+                mon.out.clear()
+            mon.close()
         for chr_ in list(self.machine.chardevs.values()):
             chr_.close()
         if self.log_file is not None:
@@ -193,10 +186,22 @@ class Runtime:
         if chr_ is not None:
             chr_.close()
 
-    def add_qmp_server(self, **kw: Any) -> QMPServer:
-        server = QMPServer(self.monitor, self.loop, **kw)
-        self.qmp_servers.append(server)
-        return server
+    def add_monitor(self, chardev_id: str) -> ChardevMonitor:
+        """A QMP monitor on an existing chardev (``-mon chardev=ID,mode=control``)."""
+        chr_ = self.machine.chardevs.get(chardev_id)
+        if chr_ is None:
+            raise ConfigError(f'chardev "{chardev_id}" not found')
+        mon = ChardevMonitor(self.monitor, chr_)
+        self.monitors.append(mon)
+        return mon
+
+    def add_qmp(self, backend: str, opts: Mapping[str, str]) -> ChardevMonitor:
+        """``-qmp SPEC``: a chardev ``compat_monitorN`` plus a monitor on it."""
+        n = 0
+        while f"compat_monitor{n}" in self.machine.chardevs:
+            n += 1
+        self.chardev_new(f"compat_monitor{n}", backend, opts)
+        return self.add_monitor(f"compat_monitor{n}")
 
     # ---------------------------------------------------------- run control
     def cont(self) -> None:
@@ -313,10 +318,7 @@ class Runtime:
         return {}
 
     def qmp_query_chardev(self) -> list[dict[str, object]]:
-        out = [chr_.info() for chr_ in self.machine.chardevs.values()]
-        for n, server in enumerate(self.qmp_servers):
-            out.append({"label": f"compat_monitor{n}", "filename": server.filename(), "frontend-open": True})
-        return out
+        return [chr_.info() for chr_ in self.machine.chardevs.values()]
 
     def qmp_query_chardev_backends(self) -> list[dict[str, str]]:
         return [{"name": name} for name in self.plugins.backends]

@@ -453,3 +453,67 @@ def test_qmp_over_tcp() -> None:
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_libvirt_style_monitor_serves_one_client_at_a_time() -> None:
+    """``-chardev socket,id=charmonitor,... -mon chardev=charmonitor,mode=control``
+    as libvirt starts QEMU.  The monitor is a socket chardev: one client at
+    a time; a second one gets its greeting when the first leaves."""
+    import json
+    import tempfile
+
+    d = tempfile.mkdtemp(dir="/tmp")
+    path = f"{d}/mon.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator.cli", "run", "-chardev", f"socket,id=charmonitor,path={path},server=on,wait=off",
+         "-mon", "chardev=charmonitor,id=monitor,mode=control", "-device", "virtio-serial"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(1000):
+            if os.path.exists(path):
+                break
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode() if proc.stderr else "exited")
+            import time
+
+            time.sleep(0.01)
+        first = socket.socket(socket.AF_UNIX)
+        first.connect(path)
+        f1 = first.makefile("rwb")
+        assert "QMP" in json.loads(f1.readline())
+        second = socket.socket(socket.AF_UNIX)
+        second.connect(path)  # queued in the backlog
+        second.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            second.recv(1)  # no greeting while the first client is connected
+        f1.write(b'{"execute": "qmp_capabilities"}{"execute": "query-chardev"}')
+        f1.flush()
+        assert json.loads(f1.readline()) == {"return": {}}
+        assert json.loads(f1.readline())["return"] == [
+            {"label": "charmonitor", "filename": f"unix:{path},server=on", "frontend-open": True}
+        ]
+        f1.close()
+        first.close()  # (the makefile holds the fd too)
+        second.settimeout(20)
+        f2 = second.makefile("rwb")
+        assert "QMP" in json.loads(f2.readline())  # a fresh session: negotiation again
+        f2.write(b'{"execute": "query-status"}')
+        f2.flush()
+        assert json.loads(f2.readline())["error"]["class"] == "CommandNotFound"
+        f2.write(b'{"execute": "qmp_capabilities"}{"execute": "quit"}')
+        f2.flush()
+        assert json.loads(f2.readline()) == {"return": {}}
+        assert json.loads(f2.readline())["event"] == "SHUTDOWN"
+        assert json.loads(f2.readline()) == {"return": {}}
+        second.close()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)

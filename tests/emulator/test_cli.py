@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from emulator import qemu_cli
+from emulator.errors import ConfigError
 from emulator.agent import AgentError
 from emulator.backends import RingbufChardev, SocketChardev
 from emulator.chardev import NullChardev
@@ -678,13 +679,47 @@ def test_qmp_monitor_socket_is_created_and_removed(tmp: str) -> None:
     try:
         assert os.path.exists(path)
         info = [c for c in rt.qmp_query_chardev() if c["label"] == "compat_monitor0"]
-        assert info == [{"label": "compat_monitor0", "filename": f"unix:{path},server=on", "frontend-open": True}]
+        # a socket chardev with no client yet: QEMU's "disconnected:" form
+        assert info == [
+            {"label": "compat_monitor0", "filename": f"disconnected:unix:{path},server=on", "frontend-open": True}
+        ]
     finally:
         rt.close()
     assert not os.path.exists(path)
 
 
-def test_qmp_needs_a_listening_socket() -> None:
-    err = build_error("-qmp", "unix:/tmp/x.sock")
-    assert err.where == "-qmp unix:/tmp/x.sock"
-    assert "listening socket" in err.message
+def test_qmp_client_mode_connects_out_like_qemu() -> None:
+    """Without server=on the monitor's socket chardev is a client, as in
+    QEMU: with nobody listening, QEMU's connect error."""
+    err = build_error("-qmp", "unix:/tmp/vserial-nobody-listens.sock")
+    assert err.where == "-qmp unix:/tmp/vserial-nobody-listens.sock"
+    assert err.message == "Failed to connect to '/tmp/vserial-nobody-listens.sock': No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-mon", "chardev=nope,mode=control"], 'chardev "nope" not found'),
+        (["-mon", "mode=control"], "Parameter 'chardev' is missing"),
+        (["-chardev", "null,id=c", "-mon", "chardev=c,mode=bogus"], "Parameter 'mode' does not accept value 'bogus'"),
+        (["-chardev", "null,id=c", "-mon", "chardev=c,mode=control", "-mon", "chardev=c,mode=control"],
+         "Device 'c' is in use"),
+    ],
+)
+def test_mon_errors_match_qemu(args: list[str], message: str) -> None:
+    """Checked against qemu-system-x86_64 7.2.22."""
+    err = build_error(*args)
+    assert err.message == message
+    assert err.where == f"-mon {args[-1]}"
+
+
+def test_mon_on_a_chardev_makes_it_busy() -> None:
+    rt = qemu_cli.build(["-chardev", "null,id=c", "-mon", "chardev=c,mode=control"])
+    try:
+        with pytest.raises(ConfigError, match="^Chardev 'c' is busy$"):
+            rt.chardev_remove("c")
+        assert [c for c in rt.qmp_query_chardev() if c["label"] == "c"] == [
+            {"label": "c", "filename": "null", "frontend-open": True}
+        ]
+    finally:
+        rt.close()
