@@ -413,6 +413,7 @@ class ChardevMonitor:
         chardev.set_fe_open(True)
         if chardev.be_open:
             self.chr_event(True)
+        chardev.accept_input()  # qemu_chr_fe_set_handlers: start reading
 
     # -- ChardevFrontend -----------------------------------------------------------
     def chr_can_read(self) -> int:

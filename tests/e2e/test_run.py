@@ -517,3 +517,19 @@ def test_libvirt_style_monitor_serves_one_client_at_a_time() -> None:
         import shutil
 
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_qmp_on_stdio() -> None:
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "emulator.cli", "run", "-name", "guest=piped", "-qmp", "stdio"],
+        input=b'{"execute":"qmp_capabilities"}\n{"execute":"query-name"}\n{"execute":"quit"}\n',
+        capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
+    )
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["QMP"]["capabilities"] == ["oob"]
+    assert lines[1:3] == [{"return": {}}, {"return": {"name": "piped"}}]
+    assert lines[3]["event"] == "SHUTDOWN" and lines[4] == {"return": {}}
+    assert proc.stdout.endswith(b"\r\n")
