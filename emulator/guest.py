@@ -297,6 +297,29 @@ class PortsDevice:
             self.kernel.init_port_console(port)
         self.send_control(port_id, Event.PORT_READY, 1)
 
+    def remove(self) -> None:
+        """virtcons_remove (the PCI device is being ejected): reset the
+        device, unplug every port, free the queues and their buffers."""
+        self.dev.set_status(0)  # virtio_reset_device
+        for port in list(self.ports.values()):
+            self.unplug_port(port)
+        free = self.kernel.kmalloc.free
+        tokens: set[int] = set()
+        for q in self.queues.values():
+            for token in [*q.take_used(self.mem), *q.detach_unused(self.mem)]:
+                if isinstance(token, int):  # buffers; the control packet is static
+                    tokens.add(token)
+        if self.ctrl_tx_buf:
+            tokens.add(self.ctrl_tx_buf)
+            self.ctrl_tx_buf = 0
+        for addr in tokens:
+            free(addr)
+        for q in self.queues.values():
+            for addr in (q.desc, q.avail, q.used):
+                free(addr)
+        self.queues.clear()
+        self.probed = False
+
     def unplug_port(self, port: GuestPort) -> None:
         del self.ports[port.id]
         port.guest_connected = False
@@ -496,6 +519,12 @@ class GuestKernel:
         except GuestOSError as err:
             self.log.append(f"virtio_console virtio{dev.index}: probe failed: {err}")
             del self.portdevs[dev.index]
+
+    def remove(self, dev: VirtIOSerial) -> None:
+        """The device is hot-unplugged (ACPI eject): the driver lets go."""
+        pd = self.portdevs.pop(dev.index, None)
+        if pd is not None:
+            pd.remove()
 
     def interrupt(self, dev: VirtIOSerial, queue: int) -> None:
         pd = self.portdevs.get(dev.index)

@@ -159,7 +159,8 @@ class Machine:
             emergency_write=values["emergency-write"],
             trace=self.trace,
             siblings=self.devices,
-            index=len(self.devices),
+            # the guest's virtio index: the lowest free one (Linux's ida)
+            index=min(set(range(len(self.devices) + 1)) - {d.index for d in self.devices}),
         )
         dev.vm_running = self.running
         if auto:
@@ -236,7 +237,13 @@ class Machine:
         if obj is None:
             raise ConfigError(f"Device '{id_or_path}' not found")
         if isinstance(obj, VirtIOSerial):
-            raise ConfigError(f"Bus '{obj.bus_name}' does not support hotplugging")
+            # PCI hot-unplug: QEMU asks the guest (ACPI) and returns at once;
+            # the device goes when the guest has let go of it.
+            if obj.unplug_pending:
+                raise ConfigError(f"Device {obj.qdev_id or self.qom_path(obj)} is already in the process of unplug")
+            obj.unplug_pending = True
+            self.eject_pending()
+            return
         assert obj.device is not None
         path = self.qom_path(obj)
         obj.device.unplug(obj)
@@ -250,12 +257,46 @@ class Machine:
         self._event(QmpEvent("DEVICE_DELETED", data))
         self.pump()
 
+    def eject_pending(self) -> None:
+        """A running guest handles pending PCI unplug requests: its driver
+        lets go (device reset, ports gone), then the device and its ports
+        are deleted, children first, each with DEVICE_DELETED."""
+        if not self.running or not self.guest.booted:
+            return
+        for dev in [d for d in self.devices if d.unplug_pending]:
+            self.guest.remove(dev)
+            self._collect(dev)
+            for port in list(dev.ports.values()):
+                path = self.qom_path(port)
+                dev.unplug(port)
+                if port.qdev_id is not None:
+                    del self.qdev_ids[port.qdev_id]
+                    data: dict[str, str] = {"device": port.qdev_id, "path": path}
+                else:
+                    del self.anon[path]
+                    data = {"path": path}
+                self.plugins.hook.vserial_port_unplugged(machine=self, port=port)
+                self._event(QmpEvent("DEVICE_DELETED", data))
+            path = self.qom_path(dev)
+            self._event(QmpEvent("DEVICE_DELETED", {"path": f"{path}/virtio-backend"}))
+            if dev.qdev_id is not None:
+                del self.qdev_ids[dev.qdev_id]
+                self._event(QmpEvent("DEVICE_DELETED", {"device": dev.qdev_id, "path": path}))
+            else:
+                del self.anon[path]
+                self._event(QmpEvent("DEVICE_DELETED", {"path": path}))
+            self.devices.remove(dev)
+            self._pending = deque((d, q) for d, q in self._pending if d is not dev)
+            self._pending_set = {(d.index, q) for d, q in self._pending}
+        self.pump()
+
     # ----------------------------------------------------------- guest face
     def boot(self) -> None:
         """Start the guest: its driver probes every virtio-serial device."""
         if not self.guest.booted:
             self.guest.boot()
         self.pump()
+        self.eject_pending()
 
     def notify_device(self, dev: VirtIOSerial, queue: int) -> None:
         """A guest kick, delivered synchronously as a vCPU exit would be."""
@@ -279,6 +320,7 @@ class Machine:
             dev.vm_running = True
         self._event(QmpEvent("RESUME", {}))
         self.pump()
+        self.eject_pending()
         for chr_ in self.chardevs.values():
             chr_.accept_input()
         self.pump()

@@ -203,6 +203,25 @@ def test_a_single_class_instead_of_a_list_is_a_plugin_error() -> None:
         make_plugin_manager([mod], autoload=False)
 
 
+@pytest.mark.parametrize("result", [42, "x-cmd"])
+def test_qmp_commands_hook_returning_a_non_dict_is_a_plugin_error(result: object) -> None:
+    mod = plugin_module("notadict", vserial_qmp_commands=lambda: result)
+    with pytest.raises(PluginError, match="vserial_qmp_commands returned .*, not a dict"):
+        make_plugin_manager([mod], autoload=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Plugins._each accepts a list or tuple from every registry hook, so a "
+    "vserial_qmp_commands hook returning a list reaches `.items()` in Plugins._collect and "
+    "raises AttributeError ('list' object has no attribute 'items'), not PluginError",
+)
+def test_qmp_commands_hook_returning_a_list_is_a_plugin_error() -> None:
+    mod = plugin_module("cmdlist", vserial_qmp_commands=lambda: ["x-cmd"])
+    with pytest.raises(PluginError):
+        make_plugin_manager([mod], autoload=False)
+
+
 # ------------------------------------------------- vserial_port_type_for
 
 

@@ -1,0 +1,106 @@
+"""device_del of a virtio-serial device: QEMU's PCI hot-unplug, with the
+simulated Linux guest doing the eject (virtcons_remove).
+
+QEMU 7.2 (fixtures/qemu/qmp_transcript.json, RUNTIME_FACTS.md): device_del
+returns at once with no event while the guest has not acted, and a second
+device_del says "Device vs0 is already in the process of unplug".  When the
+guest lets go, every device in the tree is deleted children first, each
+with DEVICE_DELETED (a port, the virtio-backend, the PCI proxy)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from emulator.chardev import MemoryChardev
+from emulator.errors import ConfigError, GuestOSError
+from emulator.machine import Machine
+
+
+def booted() -> Machine:
+    m = Machine()
+    m.chardev_add(MemoryChardev("c1"))
+    m.device_add({"driver": "virtio-serial", "id": "vs0"})
+    m.device_add({"driver": "virtconsole", "id": "con0"})
+    m.boot()
+    return m
+
+
+def add_second_device(m: Machine) -> None:
+    m.device_add({"driver": "virtio-serial", "id": "vs1", "max_ports": "4"})
+    m.device_add({"driver": "virtserialport", "id": "p1", "bus": "vs1.0", "chardev": "c1", "name": "org.x.one"})
+    m.device_add({"driver": "virtserialport", "bus": "vs1.0", "nr": "3"})
+
+
+def test_a_running_guest_ejects_the_device_and_every_device_in_it_is_deleted() -> None:
+    m = booted()
+    before = m.guest.kmalloc.allocated
+    add_second_device(m)
+    f = m.guest.open("/dev/virtio-ports/org.x.one")
+    f.write(b"bye")
+    assert m.host_receive("c1") == b"bye"
+    assert "/dev/vport1p1" in m.guest.nodes
+    m.events.clear()
+
+    m.device_del("vs1")
+
+    assert [(e.name, e.data) for e in m.events] == [
+        ("VSERPORT_CHANGE", {"id": "p1", "open": False}),  # the guest's device reset closes the port
+        ("DEVICE_DELETED", {"device": "p1", "path": "/machine/peripheral/p1"}),
+        ("DEVICE_DELETED", {"path": "/machine/peripheral-anon/device[0]"}),
+        ("DEVICE_DELETED", {"path": "/machine/peripheral/vs1/virtio-backend"}),
+        ("DEVICE_DELETED", {"device": "vs1", "path": "/machine/peripheral/vs1"}),
+    ]
+    assert [d.qdev_id for d in m.devices] == ["vs0"]
+    assert not any(n.startswith("/dev/vport1") for n in m.guest.nodes)
+    assert m.guest.links == {}
+    # the program's descriptor: reads see EOF, writes ENODEV
+    assert f.read() == b""
+    with pytest.raises(GuestOSError) as info:
+        f.write(b"x")
+    assert info.value.errno == errno.ENODEV
+    f.close()
+    # the driver freed its rings and buffers
+    assert m.guest.kmalloc.allocated == before
+    # the chardev is free again, the ids can be reused, the guest index too
+    assert not m.chardevs["c1"].in_use
+    with pytest.raises(ConfigError, match=r"^Device 'vs1' not found$"):
+        m.device_del("vs1")
+    add_second_device(m)
+    assert "/dev/vport1p1" in m.guest.nodes
+    g = m.guest.open("/dev/virtio-ports/org.x.one")
+    g.write(b"again")
+    assert m.host_receive("c1") == b"again"
+    # the first device was never disturbed
+    assert m.guest.hvcs[0].id == 0 and "/dev/vport0p0" in m.guest.nodes
+
+
+def test_unplug_waits_for_a_running_guest_and_cannot_be_asked_twice() -> None:
+    m = booted()
+    add_second_device(m)
+    m.stop()
+    m.events.clear()
+    m.device_del("vs1")
+    assert m.events == []  # nothing until the guest acts
+    with pytest.raises(ConfigError, match=r"^Device vs1 is already in the process of unplug$"):
+        m.device_del("vs1")
+    assert "/dev/vport1p1" in m.guest.nodes
+    m.cont()
+    names = [(e.name, e.data.get("path")) for e in m.events]
+    assert names[0] == ("RESUME", None)
+    assert names[-1] == ("DEVICE_DELETED", "/machine/peripheral/vs1")
+    assert [d.qdev_id for d in m.devices] == ["vs0"]
+
+
+def test_unplug_of_an_anonymous_device_is_reported_by_path() -> None:
+    m = Machine()
+    m.device_add({"driver": "virtio-serial"})
+    m.boot()
+    m.events.clear()
+    m.device_del("/machine/peripheral-anon/device[0]")
+    assert [(e.name, e.data) for e in m.events] == [
+        ("DEVICE_DELETED", {"path": "/machine/peripheral-anon/device[0]/virtio-backend"}),
+        ("DEVICE_DELETED", {"path": "/machine/peripheral-anon/device[0]"}),
+    ]
+    assert m.devices == [] and m.guest.portdevs == {}
