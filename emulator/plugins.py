@@ -74,8 +74,9 @@ class Plugins:
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():  # registration order (pluggy calls LIFO)
             result = impl.function()
-            if result is not None and not isinstance(result, (list, tuple, dict)):
-                kind = "dict" if hook_name == "vserial_qmp_commands" else "list"
+            want: tuple[type, ...] = (dict,) if hook_name == "vserial_qmp_commands" else (list, tuple)
+            if result is not None and not isinstance(result, want):
+                kind = "dict" if want == (dict,) else "list"
                 raise PluginError(f"plugin '{impl.plugin_name}': {hook_name} returned {result!r}, not a {kind}")
             yield impl.plugin_name, result
 
@@ -111,7 +112,10 @@ def make_plugin_manager(plugins: Iterable[object] = (), *, autoload: bool | None
         if autoload:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         for modname in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
-            module = importlib.import_module(modname)
+            try:
+                module = importlib.import_module(modname)
+            except ImportError as err:
+                raise PluginError(f"{PLUGINS_ENV}: cannot import plugin module '{modname}': {err}") from None
             if pm.get_plugin(modname) is None and not pm.is_registered(module):
                 pm.register(module, name=modname)
         for plugin in plugins:

@@ -263,6 +263,10 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
         if log is not None:
             log.close()
         raise UsageError("", "cannot set up guest memory 'pc.ram': Cannot allocate memory") from None
+    except ConfigError as err:  # a broken plugin (PluginError)
+        if log is not None:
+            log.close()
+        raise UsageError("", str(err)) from None
     rt.log_file = log
     try:
         for where, copts in chardevs:

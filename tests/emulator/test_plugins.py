@@ -210,12 +210,6 @@ def test_qmp_commands_hook_returning_a_non_dict_is_a_plugin_error(result: object
         make_plugin_manager([mod], autoload=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Plugins._each accepts a list or tuple from every registry hook, so a "
-    "vserial_qmp_commands hook returning a list reaches `.items()` in Plugins._collect and "
-    "raises AttributeError ('list' object has no attribute 'items'), not PluginError",
-)
 def test_qmp_commands_hook_returning_a_list_is_a_plugin_error() -> None:
     mod = plugin_module("cmdlist", vserial_qmp_commands=lambda: ["x-cmd"])
     with pytest.raises(PluginError):
@@ -615,3 +609,9 @@ def test_docs_example_backend_works_through_the_runtime(monkeypatch: pytest.Monk
         assert {"name": "x-capture"} in rt.qmp_query_chardev_backends()
     finally:
         rt.close()
+
+
+def test_a_missing_vserial_plugins_module_is_a_plugin_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VSERIAL_PLUGINS", "no_such_vserial_plugin_module")
+    with pytest.raises(PluginError, match=r"^VSERIAL_PLUGINS: cannot import plugin module 'no_such_vserial_plugin_module'"):
+        make_plugin_manager(autoload=False)
