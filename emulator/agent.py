@@ -143,6 +143,11 @@ class GuestAgent:
         else:
             self._really_close(h)
 
+    def reset(self) -> None:
+        """The guest was reset: its programs and their descriptors are gone."""
+        self.handles.clear()
+        self.draining.clear()
+
     def pending(self, handle: int) -> int:
         return self._get(handle).pending_bytes
 

@@ -432,6 +432,8 @@ class GuestFile:
     def _check(self) -> None:
         if self.closed:
             raise _oserror(errno.EBADF, self.path)
+        if self.kernel.dead:
+            raise _oserror(errno.EIO, self.path)  # the guest was reset under the program
         if not self.kernel.machine.running:
             raise GuestNotRunning()
 
@@ -478,6 +480,9 @@ class GuestFile:
     def close(self) -> None:
         if self.closed:
             return
+        if self.kernel.dead:
+            self.closed = True
+            return
         if not self.kernel.machine.running:
             raise GuestNotRunning()
         self.closed = True
@@ -503,6 +508,7 @@ class GuestKernel:
         self.links: dict[str, str] = {}  # /dev/virtio-ports/<name> -> ../vport0p1
         self.open_files: list[GuestFile] = []
         self.booted = False
+        self.dead = False  # replaced by a new kernel at system_reset
         self.log: list[str] = []
 
     # ------------------------------------------------------------ bring-up

@@ -266,28 +266,51 @@ class Machine:
         for dev in [d for d in self.devices if d.unplug_pending]:
             self.guest.remove(dev)
             self._collect(dev)
-            for port in list(dev.ports.values()):
-                path = self.qom_path(port)
-                dev.unplug(port)
-                if port.qdev_id is not None:
-                    del self.qdev_ids[port.qdev_id]
-                    data: dict[str, str] = {"device": port.qdev_id, "path": path}
-                else:
-                    del self.anon[path]
-                    data = {"path": path}
-                self.plugins.hook.vserial_port_unplugged(machine=self, port=port)
-                self._event(QmpEvent("DEVICE_DELETED", data))
-            path = self.qom_path(dev)
-            self._event(QmpEvent("DEVICE_DELETED", {"path": f"{path}/virtio-backend"}))
-            if dev.qdev_id is not None:
-                del self.qdev_ids[dev.qdev_id]
-                self._event(QmpEvent("DEVICE_DELETED", {"device": dev.qdev_id, "path": path}))
+            self._delete_serial_device(dev)
+        self.pump()
+
+    def _delete_serial_device(self, dev: VirtIOSerial) -> None:
+        """Unparent a virtio-serial device: its ports (last plugged first,
+        as QEMU's bus_unparent does), the virtio-backend, the device."""
+        for port in reversed(list(dev.ports.values())):
+            path = self.qom_path(port)
+            dev.unplug(port)
+            if port.qdev_id is not None:
+                del self.qdev_ids[port.qdev_id]
+                data: dict[str, str] = {"device": port.qdev_id, "path": path}
             else:
                 del self.anon[path]
-                self._event(QmpEvent("DEVICE_DELETED", {"path": path}))
-            self.devices.remove(dev)
-            self._pending = deque((d, q) for d, q in self._pending if d is not dev)
-            self._pending_set = {(d.index, q) for d, q in self._pending}
+                data = {"path": path}
+            self.plugins.hook.vserial_port_unplugged(machine=self, port=port)
+            self._event(QmpEvent("DEVICE_DELETED", data))
+        path = self.qom_path(dev)
+        self._event(QmpEvent("DEVICE_DELETED", {"path": f"{path}/virtio-backend"}))
+        if dev.qdev_id is not None:
+            del self.qdev_ids[dev.qdev_id]
+            self._event(QmpEvent("DEVICE_DELETED", {"device": dev.qdev_id, "path": path}))
+        else:
+            del self.anon[path]
+            self._event(QmpEvent("DEVICE_DELETED", {"path": path}))
+        self.devices.remove(dev)
+        self._pending = deque((d, q) for d, q in self._pending if d is not dev)
+        self._pending_set = {(d.index, q) for d, q in self._pending}
+
+    def system_reset(self) -> None:
+        """qemu_system_reset: pending PCI unplugs complete, every device is
+        reset, and the guest starts over (it boots now if the machine runs,
+        else on cont).  The RESET event is the caller's: QEMU sends it when
+        the reset is requested."""
+        for dev in [d for d in self.devices if d.unplug_pending]:
+            self._delete_serial_device(dev)
+        self.guest.dead = True
+        for dev in self.devices:
+            dev.reset()
+            self._collect(dev)
+        self._pending.clear()
+        self._pending_set.clear()
+        self.guest = GuestKernel(self)
+        if self.running:
+            self.guest.boot()
         self.pump()
 
     # ----------------------------------------------------------- guest face

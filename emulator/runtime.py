@@ -226,6 +226,7 @@ class Runtime:
         reg("stop", self.qmp_stop, {})
         reg("cont", self.qmp_cont, {})
         reg("quit", self.qmp_quit, {})
+        reg("system_reset", self.qmp_system_reset, {})
         reg("query-name", self.qmp_query_name, {})
         reg("query-version", self.qmp_query_version, {})
         reg("query-commands", self.qmp_query_commands, {})
@@ -267,6 +268,20 @@ class Runtime:
     def qmp_cont(self) -> dict[str, Any]:
         self.cont()
         return {}
+
+    def qmp_system_reset(self) -> dict[str, Any]:
+        """RESET now; the reset itself runs from the main loop, after the
+        reply, as in QEMU (so DEVICE_DELETED of pending unplugs follows it)."""
+        self.monitor.broadcast("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+        self.loop.call_soon(self.system_reset)
+        return {}
+
+    def system_reset(self) -> None:
+        self.agent.reset()
+        self.machine.system_reset()
+        if not self.machine.running:
+            self.status = "prelaunch"  # QEMU: a reset while not running leaves prelaunch
+        self.service()
 
     def qmp_quit(self) -> dict[str, Any]:
         self.shutdown_reason = "host-qmp-quit"

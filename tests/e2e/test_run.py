@@ -533,3 +533,21 @@ def test_qmp_on_stdio() -> None:
     assert lines[1:3] == [{"return": {}}, {"return": {"name": "piped"}}]
     assert lines[3]["event"] == "SHUTDOWN" and lines[4] == {"return": {}}
     assert proc.stdout.endswith(b"\r\n")
+
+
+def test_system_reset_over_qmp() -> None:
+    async def body(vm: VM) -> None:
+        h = await vm.cmd("guest-file-open", {"path": "/dev/vport0p1", "mode": "w"})
+        assert (await vm.next_event("VSERPORT_CHANGE"))["data"] == {"id": "p1", "open": True}
+        assert await vm.cmd("system_reset") == {}
+        assert (await vm.next_event("RESET"))["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
+        closed = [(await vm.next_event("VSERPORT_CHANGE"))["data"] for _ in range(2)]
+        assert sorted(closed, key=lambda d: d["id"]) == [{"id": "con0", "open": False}, {"id": "p1", "open": False}]
+        assert (await vm.next_event("VSERPORT_CHANGE"))["data"] == {"id": "con0", "open": True}  # the console again
+        # the guest's programs went with it; the rebooted guest sees its ports again
+        await expect_error(vm, "guest-file-close", {"handle": h}, "GenericError", f"handle '{h}' has not been found")
+        ports = await guest_ports(vm)
+        assert ports["/dev/vport0p1"]["name"] == "org.test.one" and not ports["/dev/vport0p1"]["open"]
+        assert (await vm.cmd("query-status"))["status"] == "running"
+
+    run(body, *BASE)

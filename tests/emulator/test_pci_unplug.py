@@ -47,8 +47,9 @@ def test_a_running_guest_ejects_the_device_and_every_device_in_it_is_deleted() -
 
     assert [(e.name, e.data) for e in m.events] == [
         ("VSERPORT_CHANGE", {"id": "p1", "open": False}),  # the guest's device reset closes the port
-        ("DEVICE_DELETED", {"device": "p1", "path": "/machine/peripheral/p1"}),
+        # children last-plugged first (QEMU's bus_unparent; seen in QEMU's system_reset transcript)
         ("DEVICE_DELETED", {"path": "/machine/peripheral-anon/device[0]"}),
+        ("DEVICE_DELETED", {"device": "p1", "path": "/machine/peripheral/p1"}),
         ("DEVICE_DELETED", {"path": "/machine/peripheral/vs1/virtio-backend"}),
         ("DEVICE_DELETED", {"device": "vs1", "path": "/machine/peripheral/vs1"}),
     ]
@@ -104,3 +105,43 @@ def test_unplug_of_an_anonymous_device_is_reported_by_path() -> None:
         ("DEVICE_DELETED", {"path": "/machine/peripheral-anon/device[0]"}),
     ]
     assert m.devices == [] and m.guest.portdevs == {}
+
+
+def test_system_reset_completes_pending_unplugs_and_reboots_the_guest() -> None:
+    """QEMU 7.2's transcript: a pending PCI unplug completes at system_reset,
+    ports deleted last-plugged first, then virtio-backend, then the device."""
+    m = booted()
+    add_second_device(m)
+    f = m.guest.open("/dev/virtio-ports/org.x.one")
+    m.stop()
+    m.device_del("vs1")  # pending: the guest is not running
+    m.events.clear()
+    m.system_reset()
+    assert [(e.name, e.data) for e in m.events] == [
+        ("DEVICE_DELETED", {"path": "/machine/peripheral-anon/device[0]"}),
+        ("DEVICE_DELETED", {"device": "p1", "path": "/machine/peripheral/p1"}),
+        ("DEVICE_DELETED", {"path": "/machine/peripheral/vs1/virtio-backend"}),
+        ("DEVICE_DELETED", {"device": "vs1", "path": "/machine/peripheral/vs1"}),
+        ("VSERPORT_CHANGE", {"id": "con0", "open": False}),  # vs0's reset closes the open console
+    ]
+    assert not m.guest.booted  # stopped: the new guest boots on cont
+    with pytest.raises(GuestOSError) as info:
+        f.write(b"x")  # the old program's descriptor died with the old guest
+    assert info.value.errno == errno.EIO
+    m.cont()
+    m.boot()
+    assert sorted(m.guest.nodes) == ["/dev/vport0p0"]
+    assert m.guest.hvcs[0].id == 0
+
+
+def test_system_reset_while_running_closes_ports_and_the_guest_comes_back() -> None:
+    m = booted()
+    add_second_device(m)
+    m.guest.open("/dev/virtio-ports/org.x.one")
+    m.events.clear()
+    m.system_reset()
+    assert ("VSERPORT_CHANGE", {"id": "p1", "open": False}) in [(e.name, e.data) for e in m.events]
+    assert m.guest.booted and "/dev/vport1p1" in m.guest.nodes
+    g = m.guest.open("/dev/virtio-ports/org.x.one")  # not busy: the old opener is gone
+    g.write(b"after reset")
+    assert m.host_receive("c1") == b"after reset"
