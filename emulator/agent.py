@@ -126,12 +126,16 @@ class GuestAgent:
     def write_bytes(self, handle: int, data: bytes | memoryview) -> None:
         """The program writes ``data`` (taken whole, flushed as the port allows)."""
         h = self._get(handle)
+        if h.error is None and h.file.port.removed:
+            h.error = os.strerror(errno.ENODEV)
         if h.error is not None:
             raise AgentError(f"failed to write to file: {h.error}")
         if len(data):
             h.pending.append(memoryview(data))
             h.pending_bytes += len(data)
             self.flush_one(h)
+            if h.error is not None:  # the port went away under this write
+                raise AgentError(f"failed to write to file: {h.error}")
 
     def close(self, handle: int) -> None:
         h = self._get(handle)

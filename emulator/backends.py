@@ -43,8 +43,15 @@ def _bool_opt(opts: Mapping[str, str], key: str, default: bool) -> bool:
     return bool(convert(key, "bool", opts[key]))
 
 
-def _strerror(err: OSError) -> str:
-    return os.strerror(err.errno) if err.errno else str(err)
+def _strerror(err: Exception) -> str:
+    """OSError: the C library's text; ValueError (a NUL in a path),
+    OverflowError (a port out of range): Python's."""
+    if isinstance(err, OSError) and err.errno:
+        return os.strerror(err.errno)
+    return str(err)
+
+
+_OPEN_ERRORS = (OSError, ValueError, OverflowError)
 
 
 class Backend:
@@ -292,6 +299,7 @@ class SocketChardev(StreamChardev):
         self.listener: socket.socket | None = None
         self.conn: socket.socket | None = None
         self._reconnect_timer: int | None = None
+        self._connecting: tuple[socket.socket, bool] | None = None
         self.peer = ""
 
     def _family(self) -> int:
@@ -319,15 +327,14 @@ class SocketChardev(StreamChardev):
             else:
                 assert self.listener is not None
                 loop.add_reader(self.listener.fileno(), self._accept)
+        elif self.reconnect > 0:
+            # QEMU connects reconnecting clients without blocking the loop
+            self._connect_async(report=True)
         else:
             try:
                 self._connect()
-            except OSError as err:
-                message = f"Failed to connect to '{self._where()}': {_strerror(err)}"
-                if self.reconnect <= 0:
-                    raise ConfigError(message) from None
-                print(f"vserial: Unable to connect character device {self.id}: {message}", file=sys.stderr, flush=True)
-                self._schedule_reconnect()
+            except _OPEN_ERRORS as err:
+                raise ConfigError(f"Failed to connect to '{self._where()}': {_strerror(err)}") from None
 
     def _listen(self) -> None:
         sock = socket.socket(self._family(), socket.SOCK_STREAM)
@@ -342,7 +349,7 @@ class SocketChardev(StreamChardev):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(self._address())
             sock.listen(1)
-        except OSError as err:
+        except _OPEN_ERRORS as err:
             sock.close()
             where = self.path if self.path is not None else f"{self.host}:{self.port}"
             raise ConfigError(f"Failed to bind socket to {where}: {_strerror(err)}") from None
@@ -455,10 +462,45 @@ class SocketChardev(StreamChardev):
 
     def _try_reconnect(self) -> None:
         self._reconnect_timer = None
+        self._connect_async(report=False)
+
+    def _connect_async(self, report: bool) -> None:
+        """A non-blocking connect: done now, failed now, or in progress
+        (a TCP handshake; a writability watch tells the outcome)."""
+        assert self.loop is not None
+        sock = socket.socket(self._family(), socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            self._connect()
-        except OSError:
-            self._schedule_reconnect()
+            code = sock.connect_ex(self._address())
+        except _OPEN_ERRORS as err:
+            code = err.errno if isinstance(err, OSError) and err.errno else errno.EINVAL
+        if code == 0:
+            self._attach_conn(sock)
+        elif code == errno.EINPROGRESS and self.path is None:
+            self._connecting = (sock, report)
+            self.loop.add_writer(sock.fileno(), self._connect_done)
+        else:
+            # (a unix socket with a full backlog says EAGAIN: try later)
+            sock.close()
+            self._connect_failed(code, report)
+
+    def _connect_done(self) -> None:
+        assert self.loop is not None and self._connecting is not None
+        sock, report = self._connecting
+        self._connecting = None
+        self.loop.remove_writer(sock.fileno())
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            sock.close()
+            self._connect_failed(code, report)
+        else:
+            self._attach_conn(sock)
+
+    def _connect_failed(self, code: int, report: bool) -> None:
+        if report:
+            message = f"Failed to connect to '{self._where()}': {os.strerror(code)}"
+            print(f"vserial: Unable to connect character device {self.id}: {message}", file=sys.stderr, flush=True)
+        self._schedule_reconnect()
 
     def filename(self) -> str:
         """QEMU's chr->filename (qemu_chr_compute_filename / SocketAddress)."""
@@ -484,6 +526,12 @@ class SocketChardev(StreamChardev):
         if self.loop is not None and self._reconnect_timer is not None:
             self.loop.cancel(self._reconnect_timer)
             self._reconnect_timer = None
+        if self._connecting is not None:
+            sock = self._connecting[0]
+            if self.loop is not None:
+                self.loop.remove_writer(sock.fileno())
+            sock.close()
+            self._connecting = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
@@ -586,19 +634,32 @@ class FileChardev(StreamChardev):
         super().__init__(chardev_id)
         self.path = path
         self.append = append
+        self.write_error = ""
+        self.dropped = 0
 
     def open(self, loop: MainLoop) -> None:
         super().open(loop)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC)
         try:
             self.out_fd = os.open(self.path, flags, 0o666)
-        except OSError as err:
+        except _OPEN_ERRORS as err:
             raise ConfigError(f"Could not open '{self.path}': {_strerror(err)}") from None
         self.be_open = True
 
     def write(self, data: memoryview) -> int:
         assert self.out_fd is not None
-        n = os.write(self.out_fd, data)  # regular files do not block
+        try:
+            n = os.write(self.out_fd, data)  # regular files do not block
+        except OSError as err:
+            # Disk full or an I/O error: the bytes cannot be kept.  Say so
+            # once and let the guest carry on (throttling would spin on a
+            # file that is always "writable").
+            if not self.write_error:
+                self.write_error = _strerror(err)
+                print(f"vserial: chardev '{self.id}': write to '{self.path}' failed: {self.write_error}; "
+                      "guest output is being dropped", file=sys.stderr, flush=True)
+            self.dropped += len(data)
+            return len(data)
         self.bytes_out += n
         return n
 
@@ -648,11 +709,11 @@ class PipeChardev(StreamChardev):
         super().open(loop)
         try:
             fd_in = os.open(self.path + ".in", os.O_RDWR | os.O_NONBLOCK)
-        except OSError:
+        except _OPEN_ERRORS:
             fd_in = -1
         try:
             fd_out = os.open(self.path + ".out", os.O_RDWR | os.O_NONBLOCK)
-        except OSError:
+        except _OPEN_ERRORS:
             fd_out = -1
         if fd_in < 0 or fd_out < 0:
             for fd in (fd_in, fd_out):
@@ -660,7 +721,7 @@ class PipeChardev(StreamChardev):
                     os.close(fd)
             try:
                 fd_in = fd_out = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
-            except OSError as err:
+            except _OPEN_ERRORS as err:
                 raise ConfigError(f"Could not open '{self.path}': {_strerror(err)}") from None
         self.in_fd, self.out_fd = fd_in, fd_out
         self._fds = sorted({fd_in, fd_out})

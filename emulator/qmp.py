@@ -45,17 +45,19 @@ class ParseError(Exception):
 
 
 # --------------------------------------------------------------- JSON stream
-_STRUCT = re.compile(r'[{}\[\]"]|[^\s{}\[\]"]')
-_BARE_TOP = re.compile(r'[^\s{}\[\]"]*')
-_BARE_INNER = re.compile(r'[^{}\[\]"]*')
+_STRUCT = re.compile(r"""[{}\[\]"']|[^\s{}\[\]"']""")
+_BARE_TOP = re.compile(r"""[^\s{}\[\]"']*""")
+_BARE_INNER = re.compile(r"""[^{}\[\]"']*""")
+_STRAY = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
+_SQ_TOKEN = re.compile(r"""'((?:[^'\\]|\\.)*)'|"(?:[^"\\]|\\.)*"|[^'"]+""", re.S)
 
 
-def _string_end(buf: str, start: int) -> int:
+def _string_end(buf: str, start: int, quote: str = '"') -> int:
     """Index just past the closing quote of a string whose body starts at
     ``start``, or -1 if the string is not complete yet."""
     j = start
     while True:
-        k = buf.find('"', j)
+        k = buf.find(quote, j)
         if k < 0:
             return -1
         b = k - 1
@@ -64,6 +66,19 @@ def _string_end(buf: str, start: int) -> int:
         if (k - 1 - b) % 2 == 0:
             return k + 1
         j = k + 1
+
+
+def _double_quoted(text: str) -> str:
+    """QEMU's JSON accepts 'single-quoted' strings: rewrite them as JSON."""
+    out = []
+    for m in _SQ_TOKEN.finditer(text):
+        body = m.group(1)
+        if body is None:
+            out.append(m.group())
+            continue
+        body = re.sub(r"""\\(.)|(")""", lambda mm: ("\\" + mm.group(1) if mm.group(1) != "'" else "'") if mm.group(1) else '\\"', body)
+        out.append('"' + body + '"')
+    return "".join(out)
 
 
 class _DuplicateKey(Exception):
@@ -78,41 +93,60 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class JSONStreamer:
-    """Splits a byte stream into complete top-level JSON texts."""
+    """Splits a byte stream into complete top-level JSON values, as QEMU's
+    json-streamer does: by bracket depth outside strings.  Accepts QEMU's
+    single-quoted strings.  Cost is linear in the input, also for a long
+    string arriving in many pieces."""
 
     def __init__(self) -> None:
         self.buf = ""
-        self.pos = 0  # scan position
-        self.start: int | None = None  # start of the current value
+        self.pos = 0  # scan position in buf
+        self.start: int | None = None  # start of the current value in buf
         self.depth = 0
-        self._open_string: tuple[int, int] | None = None  # (quote index, scanned up to)
+        # inside a string that has not ended: (quote index in buf, quote char)
+        self._open: tuple[int, str] | None = None
+        self._parts: list[str] = []  # pieces of that string not yet joined
+        self._parts_len = 0
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         self._decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
 
     def feed(self, data: bytes) -> list[Any]:
         """Returns decoded values and ParseError instances, in order."""
-        # incremental: a UTF-8 sequence may be split across reads
-        self.buf += self._utf8.decode(data)
+        text = self._utf8.decode(data)  # a UTF-8 sequence may be split across reads
         out: list[Any] = []
+        if self._open is not None:
+            if self._open[1] not in text:
+                # still inside the string: keep the piece, scan nothing
+                self._parts.append(text)
+                self._parts_len += len(text)
+                if len(self.buf) + self._parts_len > MAX_MESSAGE:
+                    out.append(ParseError("JSON parse error, token too large"))
+                    self._reset()
+                return out
+            scan_from = len(self.buf) + self._parts_len - 1
+            self.buf = "".join([self.buf, *self._parts, text])
+            self._parts, self._parts_len = [], 0
+            q, quote = self._open
+            self._open = None
+            end = _string_end(self.buf, max(q + 1, scan_from), quote)
+            if end >= 0 and not _closes(self.buf, q + 1, end):
+                end = _string_end(self.buf, q + 1, quote)
+            if end < 0:
+                self._open = (q, quote)
+                self.pos = len(self.buf)
+                return out
+            self.pos = end
+            if self.depth == 0:
+                out.append(self._emit(self.start if self.start is not None else q, end))
+        else:
+            self.buf += text
+        self._scan(out)
+        return out
+
+    def _scan(self, out: list[Any]) -> None:
         buf = self.buf
         pos = self.pos
         n = len(buf)
-        if self._open_string is not None:
-            # The previous read ended inside a string: look for its end only
-            # in the new bytes (a long base64 argument arrives in pieces).
-            qstart, scanned = self._open_string
-            self._open_string = None
-            end = _string_end(buf, max(qstart + 1, scanned - 1))
-            if end < 0 or not self._escapes_ok(buf, qstart + 1, end):
-                end = _string_end(buf, qstart + 1) if end >= 0 else -1
-            if end < 0:
-                self._open_string = (qstart, n)
-                pos = n
-            else:
-                pos = end
-                if self.depth == 0:
-                    assert self.start is not None
-                    out.append(self._emit(buf[self.start : pos]))
         while pos < n:
             m = _STRUCT.search(buf, pos)
             if m is None:
@@ -120,19 +154,17 @@ class JSONStreamer:
                 break
             ch = m.group()
             i = m.start()
-            if ch == '"':
-                end = _string_end(buf, i + 1)
-                if end < 0:
-                    if self.start is None:
-                        self.start = i
-                    pos = i  # wait for the rest of the string
-                    self._open_string = (i, n)
-                    break
+            if ch in "\"'":
                 if self.start is None:
                     self.start = i
+                end = _string_end(buf, i + 1, ch)
+                if end < 0:
+                    self._open = (i, ch)
+                    pos = n
+                    break
                 pos = end
                 if self.depth == 0:
-                    out.append(self._emit(buf[self.start : pos]))
+                    out.append(self._emit(self.start, pos))
                 continue
             if ch in "{[":
                 if self.start is None:
@@ -141,7 +173,7 @@ class JSONStreamer:
                 pos = i + 1
                 if self.depth > MAX_NESTING:
                     out.append(ParseError("JSON parse error, nesting too deep"))
-                    self._reset_after(i + 1)
+                    self.buf, self.start, self.depth, self._open = buf[pos:], None, 0, None
                     buf, pos, n = self.buf, 0, len(self.buf)
                 continue
             if ch in "}]":
@@ -152,19 +184,19 @@ class JSONStreamer:
                 self.depth -= 1
                 if self.depth == 0:
                     assert self.start is not None
-                    out.append(self._emit(buf[self.start : pos]))
+                    out.append(self._emit(self.start, pos))
                 continue
             # a bare scalar character
-            if self.start is None:
-                self.start = i
             if self.depth == 0:
+                if self.start is None:
+                    self.start = i
                 m2 = _BARE_TOP.match(buf, i)
                 assert m2 is not None
                 end = m2.end()
                 if end == n:
                     pos = i
                     break  # the scalar may continue in the next read
-                out.append(self._emit(buf[self.start : end]))
+                out.append(self._emit(self.start, end))
                 pos = end
             else:
                 m2 = _BARE_INNER.match(buf, i)
@@ -172,53 +204,61 @@ class JSONStreamer:
                 pos = m2.end()
         # keep only the unfinished value
         if self.start is None:
-            self.buf = ""
-            self.pos = 0
-            self._open_string = None
-        else:
-            base = self.start
-            self.buf = buf[base:] if base else buf
-            self.pos = pos - base
-            self.start = 0
-            if self._open_string is not None:
-                q, scanned = self._open_string
-                self._open_string = (q - base, scanned - base)
-            if len(self.buf) > MAX_MESSAGE:
-                out.append(ParseError("JSON parse error, token too large"))
-                self._reset_after(len(self.buf))
-        return out
+            self.buf, self.pos = "", 0
+            return
+        base = self.start
+        self.buf = buf[base:] if base else buf
+        self.pos = pos - base
+        self.start = 0
+        if self._open is not None:
+            self._open = (self._open[0] - base, self._open[1])
+        if len(self.buf) > MAX_MESSAGE:
+            out.append(ParseError("JSON parse error, token too large"))
+            self._reset()
 
-    @staticmethod
-    def _escapes_ok(buf: str, start: int, end: int) -> bool:
-        """The quote found at end-1 closes the string (even backslashes before it)."""
-        b = end - 2
-        while b >= start and buf[b] == "\\":
-            b -= 1
-        return (end - 2 - b) % 2 == 0
+    def _reset(self) -> None:
+        self.buf, self.pos, self.start, self.depth = "", 0, None, 0
+        self._open, self._parts, self._parts_len = None, [], 0
 
-    def _reset_after(self, upto: int) -> None:
-        self._open_string = None
-        self.buf = self.buf[upto:]
+    def _emit(self, start: int, end: int) -> Any:
+        text = self.buf[start:end].strip()
         self.start = None
-        self.depth = 0
-        self.pos = 0
-
-    def _emit(self, text: str) -> Any:
-        self.start = None
+        if "'" in text:
+            text = _double_quoted(text)
         try:
-            value, end = self._decoder.raw_decode(text.strip())
-            if end != len(text.strip()):
+            value, stop = self._decoder.raw_decode(text)
+            if stop != len(text):
                 raise ValueError
-            return value
         except _DuplicateKey:
             return ParseError("JSON parse error, duplicate key")
         except (ValueError, RecursionError):
-            msg = "JSON parse error, expecting value"
-            s = text.strip()
-            if s and s[0].isalpha():
-                word = re.match(r"[A-Za-z_]+", s)
-                msg = f"JSON parse error, invalid keyword '{word.group() if word else s}'"
-            return ParseError(msg)
+            if _STRAY.search(text):
+                return ParseError("JSON parse error, stray '\ufffd'")
+            word = re.match(r"[A-Za-z_]+", text)
+            if word:
+                return ParseError(f"JSON parse error, invalid keyword '{word.group()}'")
+            return ParseError("JSON parse error, expecting value")
+        if "\\u0000" in text and _has_nul(value):
+            return ParseError("JSON parse error, \\u0000 is not supported")
+        return value
+
+
+def _closes(buf: str, start: int, end: int) -> bool:
+    """The quote at end-1 closes the string (an even run of backslashes before it)."""
+    b = end - 2
+    while b >= start and buf[b] == "\\":
+        b -= 1
+    return (end - 2 - b) % 2 == 0
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 # ------------------------------------------------------------- arg checking
@@ -249,6 +289,18 @@ def check_args(spec: dict[str, tuple[str, bool]], args: dict[str, Any]) -> dict[
             raise QMPError(f"Invalid parameter type for '{key}', expected: {_TYPE_NAMES[kind]}")
         out[key.replace("-", "_")] = value
     return out
+
+
+_LOWER_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-f]{4})")
+
+
+def encode(msg: Any) -> bytes:
+    """QEMU's JSON output: ASCII only, non-ASCII as \\uXXXX with upper-case
+    hex (``{"return": "\\u00E9"}``), ", "/": " separators, CRLF."""
+    text = json.dumps(msg, separators=(", ", ": "))
+    if "\\u" in text:
+        text = _LOWER_ESCAPE.sub(lambda m: m.group(1) + "\\u" + m.group(2).upper(), text)
+    return text.encode("ascii") + b"\r\n"
 
 
 def timestamp() -> dict[str, int]:
@@ -308,8 +360,7 @@ class QMPSession:
     def send(self, msg: dict[str, Any]) -> None:
         if self.closed:
             return
-        data = json.dumps(msg, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8", "surrogateescape")
-        self.write(data + b"\r\n")
+        self.write(encode(msg))
 
     def feed(self, data: bytes | memoryview) -> None:
         for item in self.streamer.feed(bytes(data)):
@@ -370,8 +421,9 @@ class QMPSession:
             kw = check_args({"enable": ("array", False)}, args)
             for cap in kw.get("enable", []):
                 if cap != "oob":
-                    raise QMPError(f"Parameter 'enable' does not accept value '{cap}'")
-                self.oob = True
+                    # sic: QEMU 7.2's visitor names the list element 'null'
+                    raise QMPError(f"Parameter 'null' does not accept value '{cap}'")
+            self.oob = "oob" in kw.get("enable", [])
             self.command_mode = True
             return {}
         if not self.command_mode:
@@ -409,6 +461,7 @@ class ChardevMonitor:
         self.chardev = chardev
         self.session: QMPSession | None = None
         self.out = bytearray()
+        self._blocked = False  # the chardev took less than offered
         chardev.attach(self)
         chardev.set_fe_open(True)
         if chardev.be_open:
@@ -431,25 +484,35 @@ class ChardevMonitor:
             self.session.close()
             self.session = None
         self.out.clear()
+        self._blocked = False
         if opened:
             self.session = QMPSession(self.monitor, self._write)
 
     def chr_write_unblocked(self) -> None:
+        self._blocked = False
         self._flush()
 
     # -- output ----------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
         self.out += data
-        self._flush()
+        if not self._blocked:  # else the chardev's writability watch resumes
+            self._flush()
 
     def _flush(self) -> None:
         was_full = len(self.out) > OUTPUT_HIGH_WATER
+        session = self.session
         while self.out:
-            with memoryview(self.out) as view:
-                n = self.chardev.write(view)
-            if n <= 0:
+            # A copy, not a view: the write may end the connection, and
+            # chr_event then clears self.out under our feet.
+            chunk = bytes(self.out[: 256 << 10])
+            n = self.chardev.write(memoryview(chunk))
+            if self.session is not session:
                 break
-            del self.out[:n]
+            if n > 0:
+                del self.out[:n]
+            if n < len(chunk):
+                self._blocked = True
+                break
         if was_full and len(self.out) <= OUTPUT_HIGH_WATER:
             self.chardev.accept_input()
 

@@ -58,6 +58,8 @@ class Runtime:
         self._register_commands()
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self.log_file: IO[str] | None = None  # -D; closed with the runtime
+        self._signal: int | None = None
+        self._deferred_events: list[QmpEvent] | None = None
 
     # ------------------------------------------------------------- life cycle
     def start(self) -> None:
@@ -96,14 +98,18 @@ class Runtime:
                     pass
             except BlockingIOError:
                 pass
+            if self._signal is not None and self.shutdown_reason is None:
+                import sys
+
+                print(f"vserial: terminating on signal {self._signal}", file=sys.stderr, flush=True)
+                self.shutdown("host-signal")
 
         self.loop.add_reader(r.fileno(), drain)
 
         def on_signal(signum: int, frame: object) -> None:
-            import sys
-
-            print(f"vserial: terminating on signal {signum}", file=sys.stderr, flush=True)
-            self.shutdown("host-signal")
+            # Only record it: the handler may run in the middle of anything.
+            # The wakeup fd makes the loop run drain(), which shuts down.
+            self._signal = signum
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, on_signal)
@@ -136,6 +142,9 @@ class Runtime:
         self.loop.close()
 
     def _on_event(self, ev: QmpEvent) -> None:
+        if self._deferred_events is not None and ev.name == "DEVICE_DELETED":
+            self._deferred_events.append(ev)
+            return
         self.monitor.broadcast(ev.name, ev.data)
 
     # --------------------------------------------------------------- chardevs
@@ -306,7 +315,21 @@ class Runtime:
     def qmp_device_del(self, id: str) -> dict[str, Any]:
         if self.machine.find_device(id) is None:
             raise QMPError(f"Device '{id}' not found", "DeviceNotFound")
-        self.machine.device_del(id)
+        # QEMU sends DEVICE_DELETED after the reply (the device is finalized
+        # once the command has let go of it).
+        deferred: list[QmpEvent] = []
+        self._deferred_events = deferred
+        try:
+            self.machine.device_del(id)
+        finally:
+            self._deferred_events = None
+
+        def send_later() -> None:
+            for ev in deferred:
+                self.monitor.broadcast(ev.name, ev.data)
+
+        if deferred:
+            self.loop.call_soon(send_later)
         return {}
 
     def qmp_chardev_add(self, id: str, backend: dict[str, Any]) -> dict[str, Any]:
@@ -355,8 +378,9 @@ class Runtime:
         return fmt
 
     def qmp_ringbuf_write(self, device: str, data: str, format: str | None = None) -> dict[str, Any]:
+        fmt = self._format(format)  # QAPI checks arguments before the command runs
         chr_ = self._ringbuf(device)
-        if self._format(format) == "base64":
+        if fmt == "base64":
             try:
                 raw = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
@@ -367,8 +391,8 @@ class Runtime:
         return {}
 
     def qmp_ringbuf_read(self, device: str, size: int, format: str | None = None) -> str:
-        chr_ = self._ringbuf(device)
         fmt = self._format(format)
+        chr_ = self._ringbuf(device)
         if size <= 0:
             raise QMPError("size must be greater than zero")
         raw = chr_.read(size)

@@ -12,11 +12,17 @@ from hypothesis import strategies as st
 from emulator.qmp import JSONStreamer, ParseError, QMPError, check_args
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(alphabet=st.characters(blacklist_categories=("Cs",))),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=5), children, max_size=4),
     max_leaves=12,
 )
-messages = st.lists(st.dictionaries(st.text(max_size=6), json_values, max_size=4), min_size=1, max_size=6)
+# QEMU refuses \u0000 ("JSON parse error, \u0000 is not supported"), so no NULs here
+messages = st.lists(
+    st.dictionaries(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6), json_values, max_size=4),
+    min_size=1,
+    max_size=6,
+)
 
 
 def feed_in_pieces(data: bytes, cuts: list[int]) -> list[Any]:
@@ -82,3 +88,21 @@ def test_argument_checks_use_qapi_words() -> None:
         with pytest.raises(QMPError) as info:
             check_args(spec, args)
         assert info.value.desc == desc and info.value.cls == "GenericError"
+
+
+def test_qemu_extensions_and_errors() -> None:
+    """Single-quoted strings (a QEMU extension, in runtime.json), stray bytes
+    and \\u0000, with QEMU's messages."""
+    s = JSONStreamer()
+    out = s.feed(b"{'execute': 'query-status', 'x': 'it\\'s \"q\"'}\n\xff\n" + b'{"a": "\\u0000"}')
+    assert out[0] == {"execute": "query-status", "x": 'it\'s "q"'}
+    assert [str(o) for o in out[1:]] == ["JSON parse error, stray '\ufffd'", "JSON parse error, \\u0000 is not supported"]
+
+
+def test_a_long_string_in_many_pieces_is_joined_once() -> None:
+    s = JSONStreamer()
+    assert s.feed(b'{"execute": "x", "arguments": {"b": "') == []
+    for _ in range(1000):
+        assert s.feed(b"A" * 1000) == []
+    assert len(s._parts) == 1000  # kept as pieces, not re-joined per read
+    assert s.feed(b'"}}') == [{"execute": "x", "arguments": {"b": "A" * 1_000_000}}]
