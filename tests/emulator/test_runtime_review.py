@@ -5,7 +5,8 @@ loops, descriptor leaks, and faithfulness to the QEMU 7.2 captures
 (fixtures/qemu/runtime.json, RUNTIME_FACTS.md).
 
 Everything runs in-process: ``qemu_cli.build`` then ``rt.loop.run_once``.
-Each test was a confirmed bug (written as a strict xfail); all are fixed.
+The tests that were confirmed bugs (strict xfails when written) are all fixed;
+the others pin behaviour the review verified.
 """
 
 from __future__ import annotations
