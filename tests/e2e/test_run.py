@@ -52,9 +52,14 @@ async def gwrite(vm: VM, handle: int, data: bytes) -> None:
     assert ret == {"count": len(data), "eof": False}
 
 
-async def gread_exactly(vm: VM, handle: int, n: int) -> bytes:
+async def gread_exactly(vm: VM, handle: int, n: int, timeout: float = 30.0) -> bytes:
+    """guest-file-read until n bytes have come (reads never block, so poll)."""
+    import time
+
+    deadline = time.monotonic() + timeout
     out = bytearray()
     while len(out) < n:
+        assert time.monotonic() < deadline, f"only {len(out)} of {n} bytes reached the guest"
         r = await vm.cmd("guest-file-read", {"handle": handle, "count": 32768})
         assert not r["eof"]
         chunk = base64.b64decode(r["buf-b64"])
