@@ -87,12 +87,12 @@ class GuestAgent:
         return handle
 
     def read(self, handle: int, count: int | None = None) -> dict[str, Any]:
+        self._guest()
         h = self._get(handle)
         if count is None:
             count = READ_COUNT_DEFAULT
         if count < 0 or count > READ_COUNT_MAX:
             raise AgentError(f"value '{count}' is invalid for argument count")
-        self._guest()
         out = bytearray()
         eof = False
         while len(out) < count:
@@ -111,11 +111,16 @@ class GuestAgent:
         return {"count": len(out), "buf-b64": base64.b64encode(out).decode(), "eof": eof}
 
     def write(self, handle: int, buf_b64: str, count: int | None = None) -> dict[str, Any]:
+        """The monitor's guest-file-write: like every guest-* command, it
+        needs the guest running (a real agent cannot answer a paused guest)."""
+        self._guest()
         h = self._get(handle)
+        from .qmp import QMPError, qbase64_decode
+
         try:
-            data = base64.b64decode(buf_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise AgentError("Base64 data contains invalid characters") from None
+            data = qbase64_decode(buf_b64)
+        except QMPError as err:
+            raise AgentError(err.desc) from None
         if count is None:
             count = len(data)
         elif count < 0 or count > len(data):
@@ -138,6 +143,7 @@ class GuestAgent:
                 raise AgentError(f"failed to write to file: {h.error}")
 
     def close(self, handle: int) -> None:
+        self._guest()
         h = self._get(handle)
         del self.handles[handle]
         h.closing = True

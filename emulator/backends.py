@@ -519,7 +519,7 @@ class SocketChardev(StreamChardev):
         return text
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": self.filename(), "frontend-open": self.fe_open}
+        return {"frontend-open": self.fe_open, "filename": self.filename(), "label": self.id}
 
     def close(self) -> None:
         super().close()
@@ -610,8 +610,10 @@ class SocketBackend(Backend):
             if not isinstance(inner.get("port"), str):
                 raise ConfigError("Parameter 'port' is missing")
             opts["host"], opts["port"] = inner["host"], inner["port"]
+        elif kind in ("fd", "vsock"):
+            raise ConfigError(f"socket address type '{kind}' is not supported by vserial")
         else:
-            raise ConfigError(f"Parameter 'type' does not accept value '{kind}'")
+            raise ConfigError(f"Parameter 'backend.data.addr.type' does not accept value '{kind}'")
         for key in ("server", "wait", "nodelay"):
             if key in data:
                 opts[key] = "on" if data[key] else "off"
@@ -670,7 +672,7 @@ class FileChardev(StreamChardev):
             self.out_fd = None
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": "file", "frontend-open": self.fe_open}
+        return {"frontend-open": self.fe_open, "filename": "file", "label": self.id}
 
 
 class FileBackend(Backend):
@@ -735,7 +737,7 @@ class PipeChardev(StreamChardev):
         self.in_fd = self.out_fd = None
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": "pipe", "frontend-open": self.fe_open}
+        return {"frontend-open": self.fe_open, "filename": "pipe", "label": self.id}
 
 
 class PipeBackend(Backend):
@@ -794,7 +796,7 @@ class StdioChardev(StreamChardev):
         self.in_fd = None
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": "stdio", "frontend-open": self.fe_open}
+        return {"frontend-open": self.fe_open, "filename": "stdio", "label": self.id}
 
 
 class StdioBackend(Backend):
@@ -853,7 +855,7 @@ class RingbufChardev(Chardev):
         return bytes(out)
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": self.kind, "frontend-open": self.fe_open}
+        return {"frontend-open": self.fe_open, "filename": self.kind, "label": self.id}
 
 
 class RingbufBackend(Backend):

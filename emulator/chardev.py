@@ -89,7 +89,7 @@ class Chardev:
             self.frontend.chr_event(opened)
 
     def info(self) -> dict[str, object]:
-        return {"label": self.id, "filename": self.kind, "frontend-open": self.fe_open}
+        return {"frontend-open": self.fe_open, "filename": self.kind, "label": self.id}
 
 
 class NullChardev(Chardev):

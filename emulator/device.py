@@ -87,6 +87,7 @@ class VirtIOSerial:
         self.driver = driver
         self.index = index  # the guest's virtio device index (vport<index>p<n>)
         self.unplug_pending = False  # device_del asked the guest to let go
+        self.transport_props: dict[str, object] = {}  # PCI/virtio transport properties as set
         self.max_ports = max_ports
         self.emergency_write = emergency_write
         self.trace = trace if trace is not None else Trace()

@@ -26,6 +26,12 @@ from .ports import VirtIOSerialPort
 from .trace import Trace
 
 
+# -M names -> the machine modelled: its buses decide which transports fit.
+MACHINE_TYPES = {
+    "pc": "pc", "pc-i440fx-7.2": "pc", "q35": "q35", "pc-q35-7.2": "q35", "microvm": "microvm",
+}
+
+
 class Machine:
     def __init__(
         self,
@@ -34,11 +40,15 @@ class Machine:
         name: str | None = None,
         trace: Trace | None = None,
         plugins: Plugins | None = None,
+        machine_type: str = "pc",
     ) -> None:
         self.mem = GuestMemory(ram_size)
         self.name = name
         self.trace = trace if trace is not None else Trace()
         self.plugins = plugins if plugins is not None else default_plugins()
+        if machine_type not in MACHINE_TYPES:
+            raise ConfigError("unsupported machine type\nUse -machine help to list supported machines")
+        self.machine_type = MACHINE_TYPES[machine_type]
         self.devices: list[VirtIOSerial] = []
         self.chardevs: dict[str, Chardev] = {}
         self.qdev_ids: dict[str, VirtIOSerial | VirtIOSerialPort] = {}
@@ -101,7 +111,7 @@ class Machine:
         qdev_id = props.pop("id", None)
         if qdev_id is not None:
             qdev_id = qdev.check_id(qdev_id)
-        if driver in TRANSPORT_DRIVERS:
+        if driver in TRANSPORT_DRIVERS and driver != "virtio-serial-ccw":  # no CCW bus on x86
             return self._add_serial_device(TRANSPORT_DRIVERS[driver], qdev_id, props)
         cls = self.plugins.port_type(driver)
         if cls is None:
@@ -124,12 +134,36 @@ class Machine:
             return f"/machine/peripheral/{obj.qdev_id}"
         return str(getattr(obj, "anon_path", ""))
 
+    def _check_transport(self, driver: str, qdev_id: str | None, props: dict[str, Any]) -> None:
+        """What QEMU refuses at realize, and what vserial does not model."""
+        if props.get("iommu_platform"):
+            raise ConfigError("VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional device")
+        if props.get("packed"):
+            raise ConfigError(f"Property '{driver}.packed': vserial models split virtqueues only")
+        devfn = props.get("addr")
+        if devfn is not None:
+            owner = qdev.BUILTIN_PCI.get(self.machine_type, {}).get(devfn)
+            if owner is not None:
+                owner = f"{owner},id=(null)"
+            for other in self.devices:
+                if other.transport_props.get("addr") == devfn:
+                    owner = f"{other.driver},id={other.qdev_id or '(null)'}"
+            if owner is not None:
+                raise ConfigError(
+                    f"PCI: slot {devfn[0]} function {devfn[1]} not available for {driver}, in use by {owner}"
+                )
+
     def _check_free_id(self, qdev_id: str | None) -> None:
         if qdev_id is not None and qdev_id in self.qdev_ids:
             raise ConfigError(f"Duplicate device ID '{qdev_id}'")
 
     def _add_serial_device(self, driver: str, qdev_id: str | None, props: dict[str, Any]) -> VirtIOSerial:
         values: dict[str, Any] = {"max_ports": DEFAULT_MAX_PORTS, "emergency-write": True}
+        pci = driver.startswith("virtio-serial-pci")
+        if pci and self.machine_type == "microvm":
+            raise ConfigError(f"No 'PCI' bus found for device '{driver}'")
+        if not pci and self.machine_type != "microvm":
+            raise ConfigError(f"No 'virtio-bus' bus found for device '{driver}'")
         bus = props.pop("bus", None)
         if bus is not None:
             # The machine has one PCI bus, pci.0; virtio-serial buses take ports only.
@@ -139,11 +173,17 @@ class Machine:
                 raise ConfigError(f"Bus '{bus}' not found")
         self._check_free_id(qdev_id)
         anon_path = self._take_anon_path(qdev_id)
+        transport: dict[str, Any] = {}
         for key, raw in props.items():
             kind = qdev.SERIAL_DEVICE_PROPERTIES.get(key)
+            if kind is not None:
+                values[key] = qdev.convert(key, kind, raw)
+                continue
+            kind = qdev.VIRTIO_PROPERTIES.get(key) or (qdev.PCI_PROPERTIES.get(key) if pci else None)
             if kind is None:
                 raise ConfigError(f"Property '{driver}.{key}' not found")
-            values[key] = qdev.convert(key, kind, raw)
+            transport[key] = qdev.convert_device_property(driver, key, kind, raw)
+        self._check_transport(driver, qdev_id, transport)
         if qdev_id is not None:
             bus_name = f"{qdev_id}.0"
             auto = False
@@ -163,6 +203,10 @@ class Machine:
             index=min(set(range(len(self.devices) + 1)) - {d.index for d in self.devices}),
         )
         dev.vm_running = self.running
+        dev.transport_props = transport
+        for prop, bit in (("event_idx", 29), ("indirect_desc", 28)):  # VIRTIO_RING_F_*
+            if transport.get(prop) is False:
+                dev.host_features &= ~(1 << bit)
         if auto:
             self._bus_auto_ids += 1
         self.devices.append(dev)

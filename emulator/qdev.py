@@ -132,3 +132,38 @@ def convert(name: str, kind: str, value: str) -> Any:
 SERIAL_DEVICE_PROPERTIES = {"max_ports": "uint32", "emergency-write": "bool"}
 # Properties every port type has (virtio-serial-port), plus virtio-console's chardev.
 PORT_PROPERTIES = {"nr": "uint32", "name": "str", "chardev": "str", "bus": "str"}
+
+
+# virtio device properties every transport has (hw/virtio/virtio.c)
+VIRTIO_PROPERTIES = {
+    "event_idx": "bool", "indirect_desc": "bool", "any_layout": "bool", "notify_on_empty": "bool",
+    "packed": "bool", "iommu_platform": "bool", "use-started": "bool", "use-disabled-flag": "bool",
+    "queue_reset": "bool", "ioeventfd": "bool",
+}
+# virtio-pci proxy and PCI device properties (hw/virtio/virtio-pci.c, hw/pci/pci.c)
+PCI_PROPERTIES = {
+    "addr": "pci-devfn", "multifunction": "bool", "romfile": "str", "rombar": "uint32", "romsize": "uint32",
+    "vectors": "uint32", "disable-legacy": "OnOffAuto", "disable-modern": "bool", "migrate-extra": "bool",
+    "modern-pio-notify": "bool", "page-per-vq": "bool", "ats": "bool", "aer": "bool", "acpi-index": "uint32",
+    "failover_pair_id": "str", "x-disable-pcie": "bool", "class": "uint32",
+}
+# PCI functions the machine types have built in: (slot, function) -> device
+BUILTIN_PCI = {
+    "pc": {(0, 0): "i440FX", (1, 0): "PIIX3", (1, 1): "piix3-ide", (1, 3): "PIIX4_PM"},
+    "q35": {(0, 0): "mch", (0x1F, 0): "ICH9-LPC", (0x1F, 2): "ich9-ahci", (0x1F, 3): "ICH9-SMB"},
+}
+
+
+def convert_device_property(driver: str, name: str, kind: str, value: str) -> Any:
+    """``convert`` plus the kinds only transports have."""
+    if kind == "OnOffAuto":
+        if value not in ("on", "off", "auto"):
+            raise ConfigError(f"Parameter '{name}' does not accept value '{value}'")
+        return value
+    if kind == "pci-devfn":
+        m = re.fullmatch(r"(?:0x)?([0-9a-fA-F]{1,2})(?:\.(?:0x)?([0-7]))?", value)
+        slot = int(m.group(1), 16) if m else 32
+        if m is None or slot > 31:
+            raise ConfigError(f"Property '{driver}.{name}' doesn't take value '{value}'")
+        return (slot, int(m.group(2) or "0"))
+    return convert(name, kind, value)

@@ -25,7 +25,7 @@ from .mainloop import MainLoop
 from .memory import DEFAULT_RAM_SIZE
 from .plugins import Plugins, default_plugins
 from .ports import VirtIOSerialPort
-from .qmp import ChardevMonitor, Monitor, QMPError
+from .qmp import ChardevMonitor, Monitor, QMPError, qbase64_decode
 from .trace import Trace
 
 VERSION = "0.1.0"
@@ -230,7 +230,9 @@ class Runtime:
 
     # ------------------------------------------------------------ QMP table
     def _register_commands(self) -> None:
-        reg = self.monitor.register
+        def reg(name: str, handler: Any, spec: dict[str, tuple[str, bool]] | None) -> None:
+            self.monitor.register(name, self._deferring(handler), spec)
+
         reg("query-status", self.qmp_query_status, {})
         reg("stop", self.qmp_stop, {})
         reg("cont", self.qmp_cont, {})
@@ -258,8 +260,8 @@ class Runtime:
             {"handle": ("int", True), "buf-b64": ("str", True), "count": ("int", False)},
         )
         reg("guest-file-close", self.qmp_guest_file_close, {"handle": ("int", True)})
-        reg("guest-ping", lambda: {}, {})
-        reg("guest-sync", lambda id: id, {"id": ("int", True)})
+        reg("guest-ping", self.qmp_guest_ping, {})
+        reg("guest-sync", self.qmp_guest_sync, {"id": ("int", True)})
         for name, handler in self.plugins.qmp_commands.items():
             if name in self.monitor.commands or name == "qmp_capabilities":
                 from .plugins import PluginError
@@ -313,24 +315,33 @@ class Runtime:
         return {}
 
     def qmp_device_del(self, id: str) -> dict[str, Any]:
+        if id.endswith("/virtio-backend") and self.machine.find_device(id.removesuffix("/virtio-backend")):
+            raise QMPError("Bus 'virtio-bus' does not support hotplugging")
         if self.machine.find_device(id) is None:
             raise QMPError(f"Device '{id}' not found", "DeviceNotFound")
-        # QEMU sends DEVICE_DELETED after the reply (the device is finalized
-        # once the command has let go of it).
-        deferred: list[QmpEvent] = []
-        self._deferred_events = deferred
-        try:
-            self.machine.device_del(id)
-        finally:
-            self._deferred_events = None
-
-        def send_later() -> None:
-            for ev in deferred:
-                self.monitor.broadcast(ev.name, ev.data)
-
-        if deferred:
-            self.loop.call_soon(send_later)
+        self.machine.device_del(id)
         return {}
+
+    def _deferring(self, handler: Any) -> Any:
+        """QEMU sends DEVICE_DELETED once the device is finalized, after the
+        reply of the command that removed it (device_del, cont with a
+        pending unplug): hold them until the reply is out."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            deferred: list[QmpEvent] = []
+            self._deferred_events = deferred
+            try:
+                return handler(*args, **kwargs)
+            finally:
+                self._deferred_events = None
+                if deferred:
+                    self.loop.call_soon(lambda: self._send_events(deferred))
+
+        return run
+
+    def _send_events(self, events: list[QmpEvent]) -> None:
+        for ev in events:
+            self.monitor.broadcast(ev.name, ev.data)
 
     def qmp_chardev_add(self, id: str, backend: dict[str, Any]) -> dict[str, Any]:
         kind = backend.get("type")
@@ -339,7 +350,9 @@ class Runtime:
         be = self.plugins.backends.get(kind)
         if be is None:
             raise QMPError(f"Parameter 'type' does not accept value '{kind}'")
-        data = backend.get("data", {})
+        if "data" not in backend:
+            raise QMPError("Parameter 'backend.data' is missing")
+        data = backend["data"]
         if not isinstance(data, dict):
             raise QMPError("Invalid parameter type for 'data', expected: object")
         if id in self.machine.chardevs:
@@ -381,12 +394,10 @@ class Runtime:
         fmt = self._format(format)  # QAPI checks arguments before the command runs
         chr_ = self._ringbuf(device)
         if fmt == "base64":
-            try:
-                raw = base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError):
-                raise QMPError("Base64 data contains invalid characters") from None
+            raw = qbase64_decode(data)
         else:
-            raw = data.encode("utf-8", "surrogateescape")
+            # QEMU keeps strings as C strings: U+0000 is stored as C0 80
+            raw = data.encode("utf-8", "surrogateescape").replace(b"\x00", b"\xc0\x80")
         chr_.write(memoryview(raw))
         return {}
 
@@ -408,6 +419,9 @@ class Runtime:
             raise QMPError(f"Device '{path}' not found", "DeviceNotFound")
         if isinstance(obj, VirtIOSerialPort):
             props: dict[str, Any] = {
+                key: getattr(obj, key.replace("-", "_"), None) for key in type(obj).extra_properties
+            }
+            props |= {
                 "nr": obj.id,
                 "name": obj.name or "",
                 "chardev": obj.chardev.id if obj.chardev else "",
@@ -417,8 +431,12 @@ class Runtime:
             }
         elif backend:
             props = {"max_ports": obj.max_ports, "emergency-write": obj.emergency_write, "type": "virtio-serial-device"}
+            props |= {k: v for k, v in obj.transport_props.items() if k != "addr"}
         else:
             props = {"type": obj.driver, "realized": True}
+            devfn = obj.transport_props.get("addr")
+            if isinstance(devfn, tuple):
+                props["addr"] = devfn[0] << 3 | devfn[1]
         if property not in props:
             raise QMPError(f"Property '{property}' not found")
         return props[property]
@@ -445,6 +463,14 @@ class Runtime:
             }
             for p in self.machine.guest.ports()
         ]
+
+    def qmp_guest_ping(self) -> dict[str, Any]:
+        self.agent._guest()
+        return {}
+
+    def qmp_guest_sync(self, id: int) -> int:
+        self.agent._guest()
+        return id
 
     def qmp_guest_file_open(self, path: str, mode: str | None = None) -> int:
         return self.agent.open(path, mode or "r")

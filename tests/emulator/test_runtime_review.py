@@ -503,22 +503,30 @@ def test_host_bytes_sent_while_stopped_arrive_once_in_order_after_cont(build: Ca
     h.close()
 
 
-def test_guest_write_while_stopped_is_delivered_after_cont(build: Callable[..., Runtime], tmp: str) -> None:
+def test_guest_program_bytes_pending_at_stop_are_delivered_after_cont(build: Callable[..., Runtime],
+                                                                       tmp: str) -> None:
+    """A program blocked in write when the VM stops resumes at cont; while
+    stopped the agent (like a real one in a paused guest) does not answer."""
     path = f"{tmp}/s"
     rt = build(*with_port(f"socket,id=c1,path={path},server=on,wait=off"))
     h = Host(path)
     pump(rt, lambda: guest_port(rt)["host-connected"], "host-connected")
     g = GuestProgram(rt)
     c = qmp(rt, tmp)
-    assert c.cmd({"execute": "stop"}) == {"return": {}}
-    data = pattern(200_000, 2)
+    data = pattern(8 << 20, 2)  # more than the ring and the socket buffers hold
     r = c.cmd({"execute": "guest-file-write",
                "arguments": {"handle": g.handle, "buf-b64": base64.b64encode(data).decode()}})
     assert r == {"return": {"count": len(data), "eof": False}}
-    for _ in range(5):
+    assert rt.agent.pending(g.handle) > 0  # the program is blocked: the host has not read
+    assert c.cmd({"execute": "stop"}) == {"return": {}}
+    r = c.cmd({"execute": "guest-file-write", "arguments": {"handle": g.handle, "buf-b64": "eA=="}})
+    assert r["error"] == {"class": "GenericError", "desc": "Guest agent is not available: the guest is not running"}
+    assert c.cmd({"execute": "guest-ping"})["error"]["desc"].startswith("Guest agent is not available")
+    pending = rt.agent.pending(g.handle)
+    for _ in range(20):  # the host drains its socket; the stopped guest sends no more
         rt.loop.run_once(0.01)
         h.recv_some()
-    assert h.received == b""
+    assert rt.agent.pending(g.handle) == pending
     assert c.cmd({"execute": "cont"}) == {"return": {}}
     pump(rt, lambda: len(h.received) >= len(data), "everything", step=h.recv_some)
     assert bytes(h.received) == data
