@@ -316,7 +316,9 @@ class SocketChardev(StreamChardev):
         if self.server:
             self._listen()
             if self.wait:
-                print(f"vserial: info: QEMU waiting for connection on: {self.filename()}", flush=True)
+                where = f"{self.location}: " if self.location else ""
+                print(f"vserial: {where}info: QEMU waiting for connection on: {self.filename()}",
+                      file=sys.stderr, flush=True)
                 assert self.listener is not None
                 self.listener.setblocking(True)
                 try:

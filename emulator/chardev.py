@@ -45,6 +45,7 @@ class Chardev:
         self.be_open = False  # a host program is connected
         self.fe_open = False  # the guest side has the port open
         self.frontend: ChardevFrontend | None = None
+        self.location = ""  # the command-line option that made it, for messages
 
     # -- front-end attachment (qemu_chr_fe_init / set_handlers) ----------------
     def attach(self, frontend: ChardevFrontend) -> None:

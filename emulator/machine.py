@@ -54,6 +54,7 @@ class Machine:
         self.qdev_ids: dict[str, VirtIOSerial | VirtIOSerialPort] = {}
         self._anon_count = 0  # QEMU's peripheral-anon device[N] counter
         self.anon: dict[str, VirtIOSerial | VirtIOSerialPort] = {}  # QOM path -> device
+        self.globals: list[tuple[str, str, str]] = []  # -global driver.property=value
         self._bus_auto_ids = 0
         self.running = True
         self.events: list[QmpEvent] = []
@@ -112,11 +113,29 @@ class Machine:
         if qdev_id is not None:
             qdev_id = qdev.check_id(qdev_id)
         if driver in TRANSPORT_DRIVERS and driver != "virtio-serial-ccw":  # no CCW bus on x86
-            return self._add_serial_device(TRANSPORT_DRIVERS[driver], qdev_id, props)
+            resolved = TRANSPORT_DRIVERS[driver]
+            self._apply_globals(resolved, props, {**qdev.SERIAL_DEVICE_PROPERTIES, **qdev.VIRTIO_PROPERTIES,
+                                                  **qdev.PCI_PROPERTIES})
+            return self._add_serial_device(resolved, qdev_id, props)
         cls = self.plugins.port_type(driver)
         if cls is None:
             raise ConfigError(f"'{driver}' is not a valid device model name")
+        self._apply_globals(cls.driver, props, {**qdev.PORT_PROPERTIES, **cls.extra_properties})
         return self._add_port(cls, qdev_id, props)
+
+    def _apply_globals(self, driver: str, props: dict[str, Any], known: dict[str, str]) -> None:
+        """-global DRIVER.PROP=VALUE: a default for every DRIVER created."""
+        for gdriver, prop, value in self.globals:
+            if gdriver != driver or prop in props:
+                continue
+            kind = known.get(prop)
+            try:
+                if kind is None or prop == "bus":
+                    raise ConfigError(f"Property '{driver}.{prop}' not found")
+                qdev.convert_device_property(driver, prop, kind, value)
+            except ConfigError as err:
+                raise ConfigError(f"can't apply global {gdriver}.{prop}={value}: {err}") from None
+            props[prop] = value
 
     def _take_anon_path(self, qdev_id: str | None) -> str | None:
         """qdev_set_id: an id-less device becomes peripheral-anon/device[N]

@@ -22,7 +22,7 @@ _ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*\Z")
 _INT_LIMITS = {"uint8": (0, 0xFF), "uint16": (0, 0xFFFF), "uint32": (0, 0xFFFFFFFF), "uint64": (0, 2**64 - 1)}
 
 
-def parse_opts(text: str, implied_key: str = "driver") -> dict[str, str]:
+def parse_opts(text: str, implied_key: str = "driver", warnings: list[str] | None = None) -> dict[str, str]:
     """Parse a QemuOpts string: ``a,b=c,d=e,,f`` (``,,`` is a literal comma).
 
     The first element may omit its key (``implied_key``).  A bare ``key``
@@ -54,6 +54,8 @@ def parse_opts(text: str, implied_key: str = "driver") -> dict[str, str]:
             key, value = part[2:], "off"
         else:
             key, value = part, "on"
+        if "=" not in part and not (n == 0 and implied_key) and warnings is not None:
+            warnings.append(f"short-form boolean option '{part}' deprecated\nPlease use {key}={value} instead")
         if not key:
             raise ConfigError("Invalid parameter ''")
         opts[key] = value

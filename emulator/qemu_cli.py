@@ -24,6 +24,7 @@ created, then devices in command-line order; the first error prints
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -40,10 +41,21 @@ PROG = "vserial"
 
 WITH_ARG = {
     "device", "chardev", "virtioconsole", "m", "name", "qmp", "mon", "trace", "D", "readconfig",
-    "M", "machine", "accel", "cpu", "smp", "display",
+    "M", "machine", "accel", "cpu", "smp", "display", "pidfile", "msg", "uuid", "global", "serial", "monitor",
+    "parallel", "vga", "boot", "rtc", "overcommit", "sandbox",
 }
-FLAGS = {"S", "nodefaults", "nographic", "no-user-config", "enable-kvm", "version", "h", "help"}
-IGNORED = {"M", "machine", "accel", "cpu", "smp", "display", "nodefaults", "nographic", "no-user-config", "enable-kvm"}
+FLAGS = {
+    "S", "nodefaults", "nographic", "no-user-config", "enable-kvm", "no-shutdown", "no-reboot", "no-hpet",
+    "daemonize", "version", "h", "help",
+}
+# Accepted so management tools' command lines run; they change nothing a
+# virtio-serial guest can observe.
+IGNORED = {
+    "accel", "cpu", "smp", "display", "nodefaults", "nographic", "no-user-config", "enable-kvm", "no-shutdown",
+    "no-reboot", "no-hpet", "vga", "boot", "rtc", "overcommit", "sandbox",
+}
+# Devices vserial does not have: only "none" is accepted.
+NONE_ONLY = {"serial", "monitor", "parallel"}
 
 
 class SeparateReports(ConfigError):
@@ -151,26 +163,71 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
     ram_size = 64 * MiB
     guest_name: str | None = None
     paused = False
-    trace_patterns: list[str] = []
+    trace_patterns: list[tuple[str, str]] = []  # (where, pattern)
     log_file: str | None = None
     chardevs: list[tuple[str, dict[str, str]]] = []  # (where, opts)
     devices: list[tuple[str, dict[str, str]]] = []
     monitors: list[tuple[str, tuple[str, dict[str, str]]]] = []
     mons: list[tuple[str, str]] = []  # -mon: (where, chardev id)
     virtcons = 0
+    machine_type = "pc"
+    pidfile: str | None = None
+    uuid: str | None = None
+    globals_: list[tuple[str, str, str]] = []  # (driver, property, value)
 
     for name, value in opts:
-        if name in ("chardev", "device") and value is not None and _help(name, value, stdout or sys.stdout):
-            raise SystemExit(0)
+        if name in ("chardev", "device") and value is not None:
+            code = _help(name, value, stdout or sys.stdout)
+            if code is not None:
+                raise SystemExit(code)
+    for name, value in opts:
+        if name == "msg" and value is not None and parse_opts(value, "").get("timestamp") == "on":
+            global _timestamps
+            _timestamps = True
     for name, value in opts:
         where = f"-{name} {value}" if value is not None else f"-{name}"
         try:
             if name == "device":
                 assert value is not None
-                devices.append((where, parse_opts(value, "driver")))
+                devices.append((where, _parse_warn(where, value, "driver")))
             elif name == "chardev":
                 assert value is not None
-                chardevs.append((where, parse_opts(value, "backend")))
+                chardevs.append((where, _parse_warn(where, value, "backend")))
+            elif name in ("M", "machine"):
+                assert value is not None
+                machine_type = _parse_warn(where, value, "type").get("type", "pc")
+                from .machine import MACHINE_TYPES
+
+                if machine_type not in MACHINE_TYPES:
+                    raise UsageError("", "unsupported machine type", [
+                        "unsupported machine type\nUse -machine help to list supported machines"])
+            elif name == "global":
+                assert value is not None
+                gopts = _parse_warn(where, value, "")
+                if set(gopts) >= {"driver", "property", "value"}:
+                    globals_.append((gopts["driver"], gopts["property"], gopts["value"]))
+                else:
+                    if len(gopts) != 1:
+                        raise ConfigError(f"Invalid parameter '{next(iter(gopts), '')}'")
+                    key, val = next(iter(gopts.items()))
+                    drv, dot, prop = key.partition(".")
+                    if not dot or not prop:
+                        raise ConfigError(f"Invalid parameter '{key}'")
+                    globals_.append((drv, prop, val))
+            elif name == "pidfile":
+                pidfile = value
+            elif name == "uuid":
+                assert value is not None
+                if not re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", value):
+                    raise ConfigError("failed to parse UUID string: wrong format")
+                uuid = value.lower()
+            elif name in NONE_ONLY:
+                if value != "none":
+                    raise ConfigError(f"vserial models no -{name} devices; only '-{name} none' is accepted")
+            elif name == "daemonize":
+                raise ConfigError("not supported by vserial: start it in the background instead")
+            elif name == "msg":
+                pass  # handled above
             elif name == "virtioconsole":
                 assert value is not None
                 if value == "none":
@@ -218,7 +275,7 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 assert value is not None
                 topts = parse_opts(value, "enable")
                 if "enable" in topts:
-                    trace_patterns.append(topts["enable"])
+                    trace_patterns.append((where, topts["enable"]))
             elif name == "D":
                 log_file = value
             elif name == "readconfig":
@@ -240,25 +297,24 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
 
     sink: Callable[[str], None] | None = None
     log: IO[str] | None = None
-    if trace_patterns:
-        if log_file is not None:
-            try:
-                log = fh = open(log_file, "a", buffering=1, encoding="utf-8")
-            except OSError as err:
-                raise UsageError(f"-D {log_file}", f"Could not open '{log_file}': {err.strerror}") from None
+    if log_file is not None:  # QEMU opens the log whether or not anything traces
+        try:
+            log = fh = open(log_file, "a", buffering=1, encoding="utf-8")
+        except OSError as err:
+            raise UsageError("", f"Error opening logfile {log_file}: {err.strerror}") from None
 
-            def sink(line: str) -> None:
-                fh.write(line + "\n")
+        def sink(line: str) -> None:
+            fh.write(line + "\n")
 
-        else:
-            sink = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    elif trace_patterns:
+        sink = lambda line: print(line, file=sys.stderr)  # noqa: E731
     trace = Trace(sink=sink)
-    for pattern in trace_patterns:
-        if not trace.enable(pattern):
-            print(f"{PROG}: -trace {pattern}: warning: trace event '{pattern}' does not exist", file=sys.stderr)
+    for where, pattern in trace_patterns:
+        if not trace.enable(pattern) and not any(c in pattern for c in "*?["):
+            _report(f"{where}: warning: trace event '{pattern}' does not exist")
 
     try:
-        rt = Runtime(ram_size=ram_size, name=guest_name, trace=trace, paused=paused)
+        rt = Runtime(ram_size=ram_size, name=guest_name, trace=trace, paused=paused, machine_type=machine_type)
     except MemoryError:
         if log is not None:
             log.close()
@@ -268,15 +324,17 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
             log.close()
         raise UsageError("", str(err)) from None
     rt.log_file = log
+    rt.uuid = uuid
+    rt.machine.globals = globals_
     try:
         for where, copts in chardevs:
             try:
-                rt.chardev_from_opts(copts)
+                rt.chardev_from_opts(copts, where)
             except ConfigError as err:
                 raise UsageError.wrap(where, err) from None
         for where, (backend, mopts) in monitors:
             try:
-                rt.add_qmp(backend, mopts)
+                rt.add_qmp(backend, mopts, where)
             except ConfigError as err:
                 raise UsageError.wrap(where, err) from None
         for where, chardev_id in mons:
@@ -291,36 +349,100 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 rt.machine.device_add(dopts)
             except ConfigError as err:
                 raise UsageError.wrap(where, err) from None
+        if pidfile is not None:
+            try:
+                with open(pidfile, "w", encoding="ascii") as fh_pid:
+                    fh_pid.write(f"{os.getpid()}\n")
+            except OSError as err:
+                raise UsageError("", f"cannot create PID file: {err.strerror}") from None
+            rt.pidfile = pidfile
     except BaseException:
         rt.close()
         raise
     return rt
 
 
-def _help(option: str, value: str, out: IO[str]) -> bool:
-    """``-chardev help`` and ``-device DRIVER,help``, in QEMU's format."""
-    from .plugins import default_plugins
-    from .qdev import PORT_PROPERTIES
+_timestamps = False  # -msg timestamp=on
 
+
+def _report(line: str) -> None:
+    """error_report/warn_report: ``vserial: `` (after a timestamp with
+    ``-msg timestamp=on``), to stderr."""
+    prefix = ""
+    if _timestamps:
+        import datetime
+
+        prefix = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
+    sys.stderr.write(f"{prefix}{PROG}: {line}\n")
+
+
+def _parse_warn(where: str, value: str, implied: str) -> dict[str, str]:
+    warnings: list[str] = []
+    out = parse_opts(value, implied, warnings)
+    for w in warnings:
+        _report(f"{where}: warning: {w}")
+    return out
+
+
+def _help(option: str, value: str, out: IO[str]) -> int | None:
+    """``-chardev help``, ``-chardev BACKEND,help`` and ``-device DRIVER,help``
+    in QEMU's format; returns the exit status, or None when not a help request."""
+    from . import qdev
+    from .device import TRANSPORT_DRIVERS
+    from .plugins import default_plugins
+
+    plugins = default_plugins()
     parts = value.split(",")
-    if option == "chardev" and parts[0] == "help":
-        print("Available chardev backend types: ", file=out)
-        for name in default_plugins().backends:
-            print(f"  {name}", file=out)
-        return True
-    if option == "device" and "help" in parts[1:]:
-        cls = default_plugins().port_type(parts[0])
+    if option == "chardev":
+        if parts[0] == "help":
+            print("Available chardev backend types: ", file=out)
+            for name in plugins.backends:
+                print(f"  {name}", file=out)
+            return 0
+        if "help" in parts[1:]:
+            # QEMU lists every chardev option (of all backends) and exits 1
+            kinds = {"str": "str", "bool": "bool (on/off)", "size": "size"}
+            options = {"backend": "str", "id": "str"}
+            for backend in plugins.backends.values():
+                options.update(backend.options)
+            print("chardev options:", file=out)
+            for key in sorted(options):
+                print(f"  {key}=<{kinds.get(options[key], 'num')}>", file=out)
+            return 1
+        return None
+    if "help" not in parts[1:]:
+        return None
+    notes: dict[str, str] = {}
+    if parts[0] in TRANSPORT_DRIVERS:
+        driver = TRANSPORT_DRIVERS[parts[0]]
+        props = {**qdev.SERIAL_DEVICE_PROPERTIES, **qdev.VIRTIO_PROPERTIES}
+        if driver.startswith("virtio-serial-pci"):
+            props.update(qdev.PCI_PROPERTIES)
+        props = {k: ("int32" if v == "pci-devfn" else v) for k, v in props.items()}
+        true_by_default = {"emergency-write", "event_idx", "indirect_desc", "ioeventfd", "any_layout",
+                           "notify_on_empty", "queue_reset", "migrate-extra"}
+        plain_bool = {"disable-modern", "use-started", "use-disabled-flag"}  # QEMU prints these without "on/off"
+        numbers = {"max_ports": 31, "vectors": 2, "rombar": 1, "romsize": 4294967295, "class": 0, "acpi-index": 0}
+        for key, kind in props.items():
+            if kind == "bool":
+                default = "true" if key in true_by_default or key in ("use-started", "use-disabled-flag") else "false"
+                notes[key] = f"-  (default: {default})" if key in plain_bool else f"- on/off (default: {default})"
+            elif key in numbers:
+                notes[key] = f"-  (default: {numbers[key]})"
+        notes["addr"] = "- Slot and optional function number, example: 06.0 or 06 (default: -1)"
+        notes["disable-legacy"] = '- on/off/auto (default: "auto")'
+    else:
+        cls = plugins.port_type(parts[0])
         if cls is None:
-            return False
-        print(f"{cls.driver} options:", file=out)
-        props = {k: v for k, v in PORT_PROPERTIES.items() if k != "bus"} | dict(cls.extra_properties)
+            return None
+        driver = cls.driver
+        props = {k: v for k, v in qdev.PORT_PROPERTIES.items() if k != "bus"} | dict(cls.extra_properties)
         notes = {"chardev": "- ID of a chardev to use as a backend", "nr": "-  (default: 4294967295)"}
-        for key in sorted(props):
-            kind = {"str": "str", "bool": "bool"}.get(props[key], props[key])
-            left = f"  {key}=<{kind}>"
-            print(f"{left:<25}{notes[key]}" if key in notes else left, file=out)
-        return True
-    return False
+    print(f"{driver} options:", file=out)
+    for key in sorted(props):
+        left = f"  {key}=<{props[key]}>"
+        print(f"{left:<24} {notes[key]}" if key in notes else left, file=out)
+    return 0
 
 
 def _check_cli_duplicate(rt: Runtime, dopts: dict[str, str]) -> None:
@@ -334,7 +456,11 @@ def main(argv: list[str]) -> int:
     try:
         rt = build(argv)
     except UsageError as err:
-        sys.stderr.write(err.lines())
+        for line in err.lines().splitlines(keepends=True):
+            if _timestamps and line.startswith(PROG + ": "):
+                _report(line[len(PROG) + 2 :].rstrip("\n"))
+            else:
+                sys.stderr.write(line)
         return 1
     rt.start()
     rt.run()

@@ -9,6 +9,7 @@ tests and benches can build one directly.
 from __future__ import annotations
 
 import base64
+import os
 import binascii
 import signal
 import socket
@@ -41,11 +42,12 @@ class Runtime:
         plugins: Plugins | None = None,
         trace: Trace | None = None,
         paused: bool = False,
+        machine_type: str = "pc",
     ) -> None:
         self.plugins = plugins if plugins is not None else default_plugins()
         self.loop = MainLoop()
         self.name = name
-        self.machine = Machine(ram_size, name=name, trace=trace, plugins=self.plugins)
+        self.machine = Machine(ram_size, name=name, trace=trace, plugins=self.plugins, machine_type=machine_type)
         self.machine.running = not paused
         self.status = "prelaunch" if paused else "running"
         self.agent = GuestAgent(self.machine)
@@ -59,6 +61,8 @@ class Runtime:
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self.log_file: IO[str] | None = None  # -D; closed with the runtime
         self._signal: int | None = None
+        self.uuid: str | None = None  # -uuid
+        self.pidfile: str | None = None  # -pidfile; removed at exit
         self._deferred_events: list[QmpEvent] | None = None
 
     # ------------------------------------------------------------- life cycle
@@ -134,6 +138,12 @@ class Runtime:
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
+        if self.pidfile is not None:
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
+            self.pidfile = None
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
             for s in self._wakeup:
@@ -148,7 +158,7 @@ class Runtime:
         self.monitor.broadcast(ev.name, ev.data)
 
     # --------------------------------------------------------------- chardevs
-    def chardev_new(self, chardev_id: str, backend_name: str, opts: Mapping[str, str]) -> Chardev:
+    def chardev_new(self, chardev_id: str, backend_name: str, opts: Mapping[str, str], where: str = "") -> Chardev:
         """Create, open and add a chardev; ConfigError with QEMU's message."""
         backend = self.plugins.backends.get(backend_name)
         if backend is None:
@@ -159,6 +169,7 @@ class Runtime:
         if chardev_id in self.machine.chardevs:
             raise ConfigError(f"Duplicate ID '{chardev_id}' for chardev")
         chr_ = backend.create(chardev_id, {**opts, "backend": backend_name})
+        chr_.location = where
         chr_.open(self.loop)
         try:
             self.machine.chardev_add(chr_)
@@ -167,7 +178,7 @@ class Runtime:
             raise
         return chr_
 
-    def chardev_from_opts(self, opts: dict[str, str]) -> Chardev:
+    def chardev_from_opts(self, opts: dict[str, str], where: str = "") -> Chardev:
         """``-chardev BACKEND,id=ID,...``"""
         opts = dict(opts)
         backend = opts.pop("backend", None)
@@ -187,7 +198,7 @@ class Runtime:
                 "Parameter 'id' expects an identifier\n"
                 "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."
             ) from None
-        return self.chardev_new(chardev_id, backend, opts)
+        return self.chardev_new(chardev_id, backend, opts, where)
 
     def chardev_remove(self, chardev_id: str) -> None:
         chr_ = self.machine.chardevs.get(chardev_id)
@@ -204,12 +215,12 @@ class Runtime:
         self.monitors.append(mon)
         return mon
 
-    def add_qmp(self, backend: str, opts: Mapping[str, str]) -> ChardevMonitor:
+    def add_qmp(self, backend: str, opts: Mapping[str, str], where: str = "") -> ChardevMonitor:
         """``-qmp SPEC``: a chardev ``compat_monitorN`` plus a monitor on it."""
         n = 0
         while f"compat_monitor{n}" in self.machine.chardevs:
             n += 1
-        self.chardev_new(f"compat_monitor{n}", backend, opts)
+        self.chardev_new(f"compat_monitor{n}", backend, opts, where)
         return self.add_monitor(f"compat_monitor{n}")
 
     # ---------------------------------------------------------- run control
@@ -239,6 +250,7 @@ class Runtime:
         reg("quit", self.qmp_quit, {})
         reg("system_reset", self.qmp_system_reset, {})
         reg("query-name", self.qmp_query_name, {})
+        reg("query-uuid", lambda: {"UUID": self.uuid or "00000000-0000-0000-0000-000000000000"}, {})
         reg("query-version", self.qmp_query_version, {})
         reg("query-commands", self.qmp_query_commands, {})
         reg("device_add", self.qmp_device_add, None)

@@ -649,10 +649,13 @@ def test_D_appends_to_an_existing_log(tmp: str, build: Callable[..., Runtime]) -
         assert fh.read() == "earlier run\nvirtio_serial_handle_control_message event 0, value 1\n"
 
 
-def test_D_in_a_missing_directory_is_refused(tmp: str) -> None:
+@pytest.mark.parametrize("trace", [["-trace", "virtio_serial_*"], []])
+def test_D_in_a_missing_directory_is_refused(tmp: str, trace: list[str]) -> None:
+    """QEMU 7.2 opens the log at start-up, tracing or not:
+    "qemu-system-x86_64: Error opening logfile X: No such file or directory"."""
     log = os.path.join(tmp, "nodir", "trace.log")
-    err = build_error("-trace", "virtio_serial_*", "-D", log)
-    assert (err.where, err.message) == (f"-D {log}", f"Could not open '{log}': No such file or directory")
+    err = build_error(*trace, "-D", log)
+    assert (err.where, err.message) == ("", f"Error opening logfile {log}: No such file or directory")
 
 
 # -------------------------------------------------- ignored compat options
@@ -723,3 +726,109 @@ def test_mon_on_a_chardev_makes_it_busy() -> None:
         ]
     finally:
         rt.close()
+
+
+# ------------------------------------- more of QEMU's command line (7.2.22)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-device", "virtio-serial-pci,addr=zz"], "Property 'virtio-serial-pci.addr' doesn't take value 'zz'"),
+        (["-device", "virtio-serial,addr=0x20"], "Property 'virtio-serial-pci.addr' doesn't take value '0x20'"),
+        (["-device", "virtio-serial-pci,vectors=abc"], "Parameter 'vectors' expects integer"),
+        (["-device", "virtio-serial-pci,disable-legacy=maybe"], "Parameter 'disable-legacy' does not accept value 'maybe'"),
+        (["-device", "virtio-serial,addr=0x0"],
+         "PCI: slot 0 function 0 not available for virtio-serial-pci, in use by i440FX,id=(null)"),
+        (["-device", "virtio-serial,addr=0x1.0x1"],
+         "PCI: slot 1 function 1 not available for virtio-serial-pci, in use by piix3-ide,id=(null)"),
+        (["-device", "virtio-serial,id=v,addr=0x5", "-device", "virtio-serial,addr=0x5"],
+         "PCI: slot 5 function 0 not available for virtio-serial-pci, in use by virtio-serial-pci,id=v"),
+        (["-M", "q35", "-device", "virtio-serial,addr=0x1f.0x2"],
+         "PCI: slot 31 function 2 not available for virtio-serial-pci, in use by ich9-ahci,id=(null)"),
+        (["-device", "virtio-serial,iommu_platform=on"],
+         "VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional device"),
+        (["-device", "virtio-serial-device"], "No 'virtio-bus' bus found for device 'virtio-serial-device'"),
+        (["-M", "q35", "-device", "virtio-serial-device"], "No 'virtio-bus' bus found for device 'virtio-serial-device'"),
+        (["-M", "microvm", "-device", "virtio-serial"], "No 'PCI' bus found for device 'virtio-serial-pci'"),
+        (["-device", "virtio-serial-ccw"], "'virtio-serial-ccw' is not a valid device model name"),
+        (["-global", "virtio-serial-pci.foo=1", "-device", "virtio-serial"],
+         "can't apply global virtio-serial-pci.foo=1: Property 'virtio-serial-pci.foo' not found"),
+        (["-global", "driver=virtio-serial-pci,property=max_ports,value=4", "-device", "virtio-serial",
+          "-device", "virtserialport,nr=5"], "virtio-serial-bus: Out-of-range port id specified, max. allowed: 3"),
+        (["-uuid", "zz"], "failed to parse UUID string: wrong format"),
+    ],
+)
+def test_more_command_line_errors_match_qemu(args: list[str], message: str) -> None:
+    err = build_error(*args)
+    assert err.message == message
+
+
+def test_pci_and_virtio_properties_are_accepted_and_kept(build: Callable[..., Runtime]) -> None:
+    rt = build("-device", "virtio-serial,id=vs0,ioeventfd=off,vectors=3,multifunction=on,addr=0x5,romfile=,"
+               "disable-legacy=on,disable-modern=off,event_idx=off,indirect_desc=off",
+               "-chardev", "ringbuf,id=r", "-device", "virtserialport,nr=1,name=p,chardev=r")
+    rt.start()
+    dev = rt.machine.devices[0]
+    assert dev.transport_props["vectors"] == 3 and dev.transport_props["addr"] == (5, 0)
+    assert not dev.host_features & (1 << 29) and not dev.host_features & (1 << 28)  # event_idx, indirect_desc off
+    assert rt.qmp_qom_get("/machine/peripheral/vs0", "addr") == 5 << 3
+    f = rt.machine.guest.open("/dev/virtio-ports/p")  # the guest works without those features
+    for i in range(300):  # more writes than the ring has entries: buffers are reclaimed without event_idx
+        assert f.write(b"%d," % i) > 0
+    assert rt.qmp_ringbuf_read("r", 65536).split(",")[:3] == ["0", "1", "2"]
+
+
+def test_microvm_takes_virtio_serial_device(build: Callable[..., Runtime]) -> None:
+    rt = build("-M", "microvm", "-device", "virtio-serial-device,id=v", "-device", "virtconsole")
+    rt.start()
+    assert rt.machine.devices[0].driver == "virtio-serial-device"
+    assert "/dev/hvc0" in [p.console for p in rt.machine.guest.ports()]
+
+
+def test_unknown_machine_type() -> None:
+    err = build_error("-M", "nope")
+    assert err.lines() == "vserial: unsupported machine type\nUse -machine help to list supported machines\n"
+
+
+def test_globals_set_defaults(build: Callable[..., Runtime]) -> None:
+    rt = build("-global", "virtserialport.nr=5", "-device", "virtio-serial", "-device", "virtserialport,id=p",
+               "-device", "virtserialport,id=q,nr=6")
+    assert rt.qmp_qom_get("/machine/peripheral/p", "nr") == 5
+    assert rt.qmp_qom_get("/machine/peripheral/q", "nr") == 6  # an explicit value wins
+
+
+def test_uuid_pidfile_and_none_devices(build: Callable[..., Runtime], tmp: str) -> None:
+    pid = os.path.join(tmp, "vm.pid")
+    rt = build("-uuid", "12345678-1234-1234-1234-123456789ABC", "-pidfile", pid, "-serial", "none",
+               "-monitor", "none", "-parallel", "none", "-no-shutdown", "-msg", "timestamp=off")
+    assert rt.monitor.commands["query-uuid"][0]() == {"UUID": "12345678-1234-1234-1234-123456789abc"}
+    assert open(pid).read() == f"{os.getpid()}\n"
+    rt.close()
+    assert not os.path.exists(pid)
+    assert build_error("-serial", "stdio").message.startswith("vserial models no -serial devices")
+
+
+def test_short_form_booleans_warn_like_qemu(tmp: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rt = qemu_cli.build(["-chardev", f"socket,id=x,path={tmp}/s,server,nowait"])
+    rt.close()
+    where = f"-chardev socket,id=x,path={tmp}/s,server,nowait"
+    assert capsys.readouterr().err == (
+        f"vserial: {where}: warning: short-form boolean option 'server' deprecated\nPlease use server=on instead\n"
+        f"vserial: {where}: warning: short-form boolean option 'nowait' deprecated\nPlease use wait=off instead\n"
+    )
+
+
+def test_help_for_transports_and_chardev_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        qemu_cli.build(["-device", "virtio-serial,help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    # lines as qemu-system-x86_64 7.2.22 prints them
+    assert out[0] == "virtio-serial-pci options:"
+    assert '  max_ports=<uint32>     -  (default: 31)' in out
+    assert '  disable-legacy=<OnOffAuto> - on/off/auto (default: "auto")' in out
+    assert '  addr=<int32>           - Slot and optional function number, example: 06.0 or 06 (default: -1)' in out
+    with pytest.raises(SystemExit) as exit_:
+        qemu_cli.build(["-chardev", "socket,help"])
+    assert exit_.value.code == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "chardev options:" and "  server=<bool (on/off)>" in out and "  size=<size>" in out
