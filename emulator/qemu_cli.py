@@ -58,6 +58,34 @@ IGNORED = {
 NONE_ONLY = {"serial", "monitor", "parallel"}
 
 
+USAGE = """\
+usage: vserial run [options]
+A machine with virtio-serial devices and a simulated Linux guest, driven like QEMU 7.2.
+
+Devices and backends:
+-device virtio-serial[-pci],id=ID,max_ports=N,emergency-write=on|off[,addr=SLOT[.FN],...]
+-device virtio-serial-device,...       (with -M microvm)
+-device virtserialport|virtconsole,bus=BUS,nr=N,name=NAME,chardev=ID,id=ID
+-device DRIVER,help                    list a driver's properties
+-chardev BACKEND,id=ID[,...]           null, socket, file, pipe, stdio, ringbuf (memory) and plugins
+-chardev help | -chardev BACKEND,help  list backends / options
+-virtioconsole SPEC                    legacy: a virtio-serial device and a virtconsole on SPEC
+-global DRIVER.PROP=VALUE              a default property value
+
+Monitors:
+-qmp unix:PATH,server=on[,wait=off] | tcp:HOST:PORT,server=on[,wait=off] | stdio
+-mon chardev=ID,mode=control
+
+Machine:
+-M pc|q35|microvm  -m SIZE  -name NAME  -uuid UUID  -S  -pidfile FILE  -readconfig FILE
+-trace PATTERN  -D FILE  -msg timestamp=on|off
+
+Accepted without effect: -accel -cpu -smp -display -vga -boot -rtc -overcommit -sandbox -nodefaults
+-nographic -no-user-config -enable-kvm -no-shutdown -no-reboot -no-hpet; -serial/-monitor/-parallel none
+
+Documentation: docs/runtime.md"""
+
+
 class SeparateReports(ConfigError):
     """Several error reports, each printed with the option prefix (QEMU's
     -qmp parse failure prints two)."""
@@ -288,7 +316,7 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 print(f"{PROG} {VERSION} (QEMU 7.2 virtio-serial)", file=stdout or sys.stdout)
                 raise SystemExit(0)
             elif name in ("h", "help"):
-                print(__doc__, file=stdout or sys.stdout)
+                print(USAGE, file=stdout or sys.stdout)
                 raise SystemExit(0)
             elif name in IGNORED:
                 pass
