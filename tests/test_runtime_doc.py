@@ -1,0 +1,48 @@
+"""docs/runtime.md's first example runs as written: its `vserial run`
+command line in a separate process, its Python program against it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = (ROOT / "docs" / "runtime.md").read_text()
+
+
+def test_the_first_example_runs_as_written() -> None:
+    command = re.findall(r"```sh\n(.*?)```", DOC, re.S)[0]
+    program = re.findall(r"```python\n(.*?)```", DOC, re.S)[0]
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[:2] == ["vserial", "run"]
+    paths = [a.split("path=")[1].split(",")[0] for a in argv if "path=" in a]
+    paths += [a.split("unix:")[1].split(",")[0] for a in argv if a.startswith("unix:")]
+    for p in paths + ["/tmp/trace.log"]:
+        if os.path.exists(p):
+            os.unlink(p)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", *argv[1:]], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not all(os.path.exists(p) for p in paths):
+            assert proc.poll() is None and time.monotonic() < deadline, "vserial run did not start"
+            time.sleep(0.02)
+        out = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.stdout == "b'ping'\n"
+        assert out.stderr == ""  # no traceback, no warning
+        assert proc.wait(20) == 0  # the example ends with quit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    trace = Path("/tmp/trace.log").read_text().splitlines()
+    assert "virtio_serial_send_control_event port 1, event 6, value 1" in trace  # PORT_OPEN to the guest
