@@ -466,6 +466,14 @@ def _help(option: str, value: str, out: IO[str]) -> int | None:
         driver = cls.driver
         props = {k: v for k, v in qdev.PORT_PROPERTIES.items() if k != "bus"} | dict(cls.extra_properties)
         notes = {"chardev": "- ID of a chardev to use as a backend", "nr": "-  (default: 4294967295)"}
+        for key in cls.extra_properties:  # a plugin's initials are its class attributes
+            initial = getattr(cls, key.replace("-", "_"), None)
+            if isinstance(initial, bool):
+                notes[key] = f"- on/off (default: {'true' if initial else 'false'})"
+            elif isinstance(initial, int):
+                notes[key] = f"-  (default: {initial})"
+            elif isinstance(initial, str):
+                notes[key] = f'-  (default: "{initial}")'
     print(f"{driver} options:", file=out)
     for key in sorted(props):
         left = f"  {key}=<{props[key]}>"
