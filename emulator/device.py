@@ -88,6 +88,7 @@ class VirtIOSerial:
         self.index = index  # the guest's virtio device index (vport<index>p<n>)
         self.unplug_pending = False  # device_del asked the guest to let go
         self.transport_props: dict[str, object] = {}  # PCI/virtio transport properties as set
+        self.pci_devfn: tuple[int, int] | None = None  # (slot, function) on pci.0
         self.max_ports = max_ports
         self.emergency_write = emergency_write
         self.trace = trace if trace is not None else Trace()

@@ -26,6 +26,20 @@ from .ports import VirtIOSerialPort
 from .trace import Trace
 
 
+def transport_types(driver: str) -> list[str]:
+    """The QOM types a virtio-serial transport is (for -global matching)."""
+    types = [driver]
+    if driver.startswith("virtio-serial-pci"):
+        types += ["virtio-serial-pci-base", "virtio-pci", "pci-device"]
+    return types + ["virtio-serial-device", "virtio-device", "device"]
+
+
+def port_types(cls: type[VirtIOSerialPort]) -> list[str]:
+    """A port type and its parents' driver names, then "device"."""
+    names = [str(c.__dict__["driver"]) for c in cls.__mro__ if isinstance(c.__dict__.get("driver"), str)]
+    return list(dict.fromkeys([cls.driver, *names, "virtio-serial-port", "device"]))
+
+
 # -M names -> the machine modelled: its buses decide which transports fit.
 MACHINE_TYPES = {
     "pc": "pc", "pc-i440fx-7.2": "pc", "q35": "q35", "pc-q35-7.2": "q35", "microvm": "microvm",
@@ -55,6 +69,8 @@ class Machine:
         self._anon_count = 0  # QEMU's peripheral-anon device[N] counter
         self.anon: dict[str, VirtIOSerial | VirtIOSerialPort] = {}  # QOM path -> device
         self.globals: list[tuple[str, str, str]] = []  # -global driver.property=value
+        self.defer: Callable[[Callable[[], None]], None] | None = None  # run later (the main loop)
+        self.init_done = False  # cold plug finished: -global errors become warnings
         self._bus_auto_ids = 0
         self.running = True
         self.events: list[QmpEvent] = []
@@ -114,19 +130,22 @@ class Machine:
             qdev_id = qdev.check_id(qdev_id)
         if driver in TRANSPORT_DRIVERS and driver != "virtio-serial-ccw":  # no CCW bus on x86
             resolved = TRANSPORT_DRIVERS[driver]
-            self._apply_globals(resolved, props, {**qdev.SERIAL_DEVICE_PROPERTIES, **qdev.VIRTIO_PROPERTIES,
-                                                  **qdev.PCI_PROPERTIES})
+            self._apply_globals(transport_types(resolved), resolved, props,
+                                {**qdev.SERIAL_DEVICE_PROPERTIES, **qdev.VIRTIO_PROPERTIES, **qdev.PCI_PROPERTIES})
             return self._add_serial_device(resolved, qdev_id, props)
         cls = self.plugins.port_type(driver)
         if cls is None:
             raise ConfigError(f"'{driver}' is not a valid device model name")
-        self._apply_globals(cls.driver, props, {**qdev.PORT_PROPERTIES, **cls.extra_properties})
+        self._apply_globals(port_types(cls), cls.driver, props, {**qdev.PORT_PROPERTIES, **cls.extra_properties})
         return self._add_port(cls, qdev_id, props)
 
-    def _apply_globals(self, driver: str, props: dict[str, Any], known: dict[str, str]) -> None:
-        """-global DRIVER.PROP=VALUE: a default for every DRIVER created."""
+    def _apply_globals(self, types: list[str], driver: str, props: dict[str, Any], known: dict[str, str]) -> None:
+        """-global TYPE.PROP=VALUE: a default for every device of TYPE or of
+        a type derived from it (QEMU matches with object_dynamic_cast).  A
+        global that cannot be applied fails a cold-plugged device; for a
+        hot-plugged one QEMU only warns and uses the default."""
         for gdriver, prop, value in self.globals:
-            if gdriver != driver or prop in props:
+            if gdriver not in types or prop in props:
                 continue
             kind = known.get(prop)
             try:
@@ -134,7 +153,13 @@ class Machine:
                     raise ConfigError(f"Property '{driver}.{prop}' not found")
                 qdev.convert_device_property(driver, prop, kind, value)
             except ConfigError as err:
-                raise ConfigError(f"can't apply global {gdriver}.{prop}={value}: {err}") from None
+                message = f"can't apply global {gdriver}.{prop}={value}: {err}"
+                if not self.init_done:
+                    raise ConfigError(message) from None
+                import sys
+
+                print(f"vserial: warning: {message}", file=sys.stderr, flush=True)
+                continue
             props[prop] = value
 
     def _take_anon_path(self, qdev_id: str | None) -> str | None:
@@ -160,16 +185,46 @@ class Machine:
         if props.get("packed"):
             raise ConfigError(f"Property '{driver}.packed': vserial models split virtqueues only")
         devfn = props.get("addr")
+        if devfn is None and driver.startswith("virtio-serial-pci"):
+            # pci_bus_devfn: the lowest free slot, function 0
+            used = set(qdev.BUILTIN_PCI.get(self.machine_type, {})) | {
+                d.pci_devfn for d in self.devices if d.pci_devfn is not None
+            }
+            slot = next((s for s in range(32) if (s, 0) not in used and (s, 1) not in used), None)
+            if slot is None:
+                raise ConfigError(f"PCI: no slot/function available for {driver}, all in use or reserved")
+            props["_devfn"] = (slot, 0)
         if devfn is not None:
             owner = qdev.BUILTIN_PCI.get(self.machine_type, {}).get(devfn)
             if owner is not None:
                 owner = f"{owner},id=(null)"
             for other in self.devices:
-                if other.transport_props.get("addr") == devfn:
+                if other.pci_devfn == devfn:
                     owner = f"{other.driver},id={other.qdev_id or '(null)'}"
             if owner is not None:
                 raise ConfigError(
                     f"PCI: slot {devfn[0]} function {devfn[1]} not available for {driver}, in use by {owner}"
+                )
+            self._check_multifunction(devfn, bool(props.get("multifunction")))
+
+    def _check_multifunction(self, devfn: tuple[int, int], multifunction: bool) -> None:
+        """pci_init_multifunction: a slot's function 0 says whether the slot
+        may hold other functions."""
+        slot, fn = devfn
+        builtin = qdev.BUILTIN_PCI.get(self.machine_type, {})
+        # (the built-in PIIX3/ICH9-LPC are multifunction; the host bridges are not)
+        funcs: dict[int, bool] = {f: (s, 0) in builtin and any(b[0] == s and b[1] for b in builtin)
+                                  for (s, f) in builtin if s == slot}
+        for d in self.devices:
+            if d.pci_devfn is not None and d.pci_devfn[0] == slot:
+                funcs[d.pci_devfn[1]] = bool(d.transport_props.get("multifunction"))
+        if fn != 0 and 0 in funcs and not funcs[0]:
+            raise ConfigError(f"PCI: single function device can't be populated in function {slot:x}.{fn:x}")
+        if fn == 0 and not multifunction:
+            others = sorted(f for f in funcs if f)
+            if others:
+                raise ConfigError(
+                    f"PCI: {slot:x}.0 indicates single function, but {slot:x}.{others[0]:x} is already populated."
                 )
 
     def _check_free_id(self, qdev_id: str | None) -> None:
@@ -222,6 +277,7 @@ class Machine:
             index=min(set(range(len(self.devices) + 1)) - {d.index for d in self.devices}),
         )
         dev.vm_running = self.running
+        dev.pci_devfn = transport.pop("_devfn", None) or transport.get("addr")
         dev.transport_props = transport
         for prop, bit in (("event_idx", 29), ("indirect_desc", 28)):  # VIRTIO_RING_F_*
             if transport.get(prop) is False:
@@ -305,7 +361,7 @@ class Machine:
             if obj.unplug_pending:
                 raise ConfigError(f"Device {obj.qdev_id or self.qom_path(obj)} is already in the process of unplug")
             obj.unplug_pending = True
-            self.eject_pending()
+            self._request_eject()
             return
         assert obj.device is not None
         path = self.qom_path(obj)
@@ -319,6 +375,17 @@ class Machine:
         self.plugins.hook.vserial_port_unplugged(machine=self, port=obj)
         self._event(QmpEvent("DEVICE_DELETED", data))
         self.pump()
+
+    def _request_eject(self) -> None:
+        """The guest acts on a pending unplug request: at once in the
+        sans-IO machine, from the main loop (after the reply of the command
+        that caused it, as in QEMU) when the runtime set ``defer``."""
+        if not any(d.unplug_pending for d in self.devices):
+            return
+        if self.defer is not None:
+            self.defer(self.eject_pending)
+        else:
+            self.eject_pending()
 
     def eject_pending(self) -> None:
         """A running guest handles pending PCI unplug requests: its driver
@@ -382,7 +449,7 @@ class Machine:
         if not self.guest.booted:
             self.guest.boot()
         self.pump()
-        self.eject_pending()
+        self._request_eject()
 
     def notify_device(self, dev: VirtIOSerial, queue: int) -> None:
         """A guest kick, delivered synchronously as a vCPU exit would be."""
@@ -406,7 +473,7 @@ class Machine:
             dev.vm_running = True
         self._event(QmpEvent("RESUME", {}))
         self.pump()
-        self.eject_pending()
+        self._request_eject()
         for chr_ in self.chardevs.values():
             chr_.accept_input()
         self.pump()

@@ -169,3 +169,14 @@ def convert_device_property(driver: str, name: str, kind: str, value: str) -> An
             raise ConfigError(f"Property '{driver}.{name}' doesn't take value '{value}'")
         return (slot, int(m.group(2) or "0"))
     return convert(name, kind, value)
+
+# Property defaults, for qom-get of a property nobody set (QEMU 7.2)
+VIRTIO_DEFAULTS: dict[str, object] = {
+    "event_idx": True, "indirect_desc": True, "any_layout": True, "notify_on_empty": True, "packed": False,
+    "iommu_platform": False, "use-started": True, "use-disabled-flag": True, "queue_reset": True, "ioeventfd": True,
+}
+PCI_DEFAULTS: dict[str, object] = {
+    "multifunction": False, "romfile": "", "rombar": 1, "romsize": 4294967295, "vectors": 2,
+    "disable-legacy": "auto", "disable-modern": False, "migrate-extra": True, "modern-pio-notify": False,
+    "page-per-vq": False, "ats": False, "aer": False, "acpi-index": 0, "x-disable-pcie": False, "class": 0,
+}

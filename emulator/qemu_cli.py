@@ -31,7 +31,9 @@ from collections.abc import Callable
 from typing import IO
 
 from .backends import parse_size
+from .device import TRANSPORT_DRIVERS
 from .errors import ConfigError
+from .machine import port_types, transport_types
 from .memory import MiB
 from .qdev import parse_opts
 from .runtime import Runtime
@@ -377,6 +379,11 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 rt.machine.device_add(dopts)
             except ConfigError as err:
                 raise UsageError.wrap(where, err) from None
+        known = {t for d in TRANSPORT_DRIVERS.values() for t in transport_types(d)}
+        known |= {t for cls in rt.plugins.port_types.values() for t in port_types(cls)}
+        for gdriver, prop, _ in globals_:
+            if gdriver not in known:
+                _report(f"warning: global {gdriver}.{prop} has invalid class name")
         if pidfile is not None:
             try:
                 with open(pidfile, "w", encoding="ascii") as fh_pid:

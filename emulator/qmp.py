@@ -75,11 +75,37 @@ def _double_quoted(text: str) -> str:
     for m in _SQ_TOKEN.finditer(text):
         body = m.group(1)
         if body is None:
-            out.append(m.group())
+            token = m.group()
+            if token.startswith('"') and "\\'" in token:
+                # QEMU also takes \' inside a double-quoted string
+                token = re.sub(r"\\(.)", lambda mm: "'" if mm.group(1) == "'" else mm.group(), token)
+            out.append(token)
             continue
         body = re.sub(r"""\\(.)|(")""", lambda mm: ("\\" + mm.group(1) if mm.group(1) != "'" else "'") if mm.group(1) else '\\"', body)
         out.append('"' + body + '"')
     return "".join(out)
+
+
+def _first_surrogate(value: Any) -> str | None:
+    """A lone surrogate in any string of a decoded value: from an escape
+    like \\ud800 or from bytes that were not UTF-8 (surrogateescape)."""
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        return m.group() if m else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _first_surrogate(k) or _first_surrogate(v)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = _first_surrogate(v)
+            if found:
+                return found
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _DuplicateKey(Exception):
@@ -237,6 +263,12 @@ class JSONStreamer:
             if word:
                 return ParseError(f"JSON parse error, invalid keyword '{word.group()}'")
             return ParseError("JSON parse error, expecting value")
+        bad = _first_surrogate(value)
+        if bad is not None:
+            escape = f"\\u{ord(bad):04x}"
+            if 0xDC80 <= ord(bad) <= 0xDCFF and escape not in text.lower():
+                return ParseError("JSON parse error, invalid UTF-8 sequence in string")
+            return ParseError(f"JSON parse error, {escape} is not a valid Unicode character")
         return value
 
 

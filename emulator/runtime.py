@@ -49,6 +49,7 @@ class Runtime:
         self.name = name
         self.machine = Machine(ram_size, name=name, trace=trace, plugins=self.plugins, machine_type=machine_type)
         self.machine.running = not paused
+        self.machine.defer = self.loop.call_soon
         self.status = "prelaunch" if paused else "running"
         self.agent = GuestAgent(self.machine)
         self.monitor = Monitor(f"vserial {VERSION}")
@@ -68,6 +69,7 @@ class Runtime:
     # ------------------------------------------------------------- life cycle
     def start(self) -> None:
         """Cold plug is done: boot the guest unless started paused (-S)."""
+        self.machine.init_done = True
         if self.machine.running:
             self.machine.boot()
         self.service()
@@ -424,12 +426,17 @@ class Runtime:
         return raw.decode("utf-8", "replace")
 
     def qmp_qom_get(self, path: str, property: str) -> Any:
+        """A port's properties, the PCI proxy's (with every virtio property,
+        as QEMU aliases them) and the virtio-backend's; defaults included."""
+        from . import qdev
+
         m = self.machine
         backend = path.endswith("/virtio-backend")
         obj = m.find_device(path.removesuffix("/virtio-backend"))
         if obj is None or (backend and isinstance(obj, VirtIOSerialPort)):
             raise QMPError(f"Device '{path}' not found", "DeviceNotFound")
         if isinstance(obj, VirtIOSerialPort):
+            type_name = obj.driver
             props: dict[str, Any] = {
                 key: getattr(obj, key.replace("-", "_"), None) for key in type(obj).extra_properties
             }
@@ -441,16 +448,21 @@ class Runtime:
                 "realized": True,
                 "parent_bus": (m.qom_path(obj.device) + f"/virtio-backend/{obj.device.bus_name}") if obj.device else "",
             }
-        elif backend:
-            props = {"max_ports": obj.max_ports, "emergency-write": obj.emergency_write, "type": "virtio-serial-device"}
-            props |= {k: v for k, v in obj.transport_props.items() if k != "addr"}
         else:
-            props = {"type": obj.driver, "realized": True}
-            devfn = obj.transport_props.get("addr")
-            if isinstance(devfn, tuple):
-                props["addr"] = devfn[0] << 3 | devfn[1]
+            set_props = {k: v for k, v in obj.transport_props.items() if k != "addr"}
+            props = {"max_ports": obj.max_ports, "emergency-write": obj.emergency_write, "realized": True}
+            props |= qdev.VIRTIO_DEFAULTS | {k: v for k, v in set_props.items() if k in qdev.VIRTIO_DEFAULTS}
+            pci = obj.driver.startswith("virtio-serial-pci")
+            if backend or not pci:
+                type_name = "virtio-serial-device"
+            else:
+                type_name = obj.driver
+                props |= qdev.PCI_DEFAULTS | {k: v for k, v in set_props.items() if k in qdev.PCI_DEFAULTS}
+                if obj.pci_devfn is not None:
+                    props["addr"] = obj.pci_devfn[0] << 3 | obj.pci_devfn[1]
+            props["type"] = type_name
         if property not in props:
-            raise QMPError(f"Property '{property}' not found")
+            raise QMPError(f"Property '{type_name}.{property}' not found")
         return props[property]
 
     def qmp_query_virtio_serial(self) -> list[dict[str, object]]:
