@@ -19,7 +19,6 @@ blocking write would.
 from __future__ import annotations
 
 import base64
-import binascii
 import errno
 import os
 from collections import deque
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, GuestNotRunning, GuestOSError
 from .guest import GuestFile
+from .qmp import QMPError, qbase64_decode
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -114,9 +114,7 @@ class GuestAgent:
         """The monitor's guest-file-write: like every guest-* command, it
         needs the guest running (a real agent cannot answer a paused guest)."""
         self._guest()
-        h = self._get(handle)
-        from .qmp import QMPError, qbase64_decode
-
+        self._get(handle)
         try:
             data = qbase64_decode(buf_b64)
         except QMPError as err:

@@ -24,6 +24,7 @@ created, then devices in command-line order; the first error prints
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -329,13 +330,10 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
     log: IO[str] | None = None
     if log_file is not None:  # QEMU opens the log whether or not anything traces
         try:
-            log = fh = open(log_file, "a", buffering=1, encoding="utf-8")
+            log = open(log_file, "a", buffering=1, encoding="utf-8")
         except OSError as err:
             raise UsageError("", f"Error opening logfile {log_file}: {err.strerror}") from None
-
-        def sink(line: str) -> None:
-            fh.write(line + "\n")
-
+        sink = functools.partial(_write_line, log)
     elif trace_patterns:
         sink = lambda line: print(line, file=sys.stderr)  # noqa: E731
     trace = Trace(sink=sink)
@@ -398,6 +396,10 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
 
 
 _timestamps = False  # -msg timestamp=on
+
+
+def _write_line(fh: IO[str], line: str) -> None:
+    fh.write(line + "\n")
 
 
 def _report(line: str) -> None:

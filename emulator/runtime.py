@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import binascii
 import signal
 import socket
 from collections.abc import Mapping
