@@ -12,10 +12,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import shutil
 import socket
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,26 +36,6 @@ MAX_SECONDS = 20.0
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def tmp() -> Iterator[str]:
-    # Short paths: a unix socket path must fit in sun_path (108 bytes).
-    d = tempfile.mkdtemp(dir="/tmp", prefix="vsb")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    made: list[Runtime] = []
-    try:
-        yield made
-    finally:
-        for rt in made:
-            rt.close()
 
 
 @pytest.fixture

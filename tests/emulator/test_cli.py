@@ -17,9 +17,7 @@ import json
 import os
 import re
 import resource
-import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,25 +41,6 @@ MAX_ITERATIONS = 400
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def tmp() -> Iterator[str]:
-    d = tempfile.mkdtemp(dir="/tmp", prefix="vsc")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    made: list[Runtime] = []
-    try:
-        yield made
-    finally:
-        for rt in made:
-            rt.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ Everything runs in-process.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,16 +23,6 @@ from emulator.runtime import Runtime
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    made: list[Runtime] = []
-    try:
-        yield made
-    finally:
-        for rt in made:
-            rt.close()
-
-
 class Session:
     """An in-process QMP client: bytes in, decoded messages out."""
 

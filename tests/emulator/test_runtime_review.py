@@ -15,13 +15,11 @@ import base64
 import json
 import os
 import random
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,25 +33,6 @@ GUEST_PATH = f"/dev/virtio-ports/{PORT_NAME}"
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture
-def tmp() -> Iterator[str]:
-    d = tempfile.mkdtemp(dir="/tmp", prefix="vsrv")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    made: list[Runtime] = []
-    try:
-        yield made
-    finally:
-        for rt in made:
-            rt.close()
-
-
 @pytest.fixture
 def build(tmp: str, runtimes: list[Runtime]) -> Callable[..., Runtime]:
     """``build("-chardev", "socket,id=c1,path=@s,...")``: ``@`` is the temp dir;
