@@ -363,18 +363,24 @@ class Machine:
             obj.unplug_pending = True
             self._request_eject()
             return
-        assert obj.device is not None
-        path = self.qom_path(obj)
-        obj.device.unplug(obj)
+        self._delete_port(obj)
+        self.pump()
+
+    def _delete_port(self, port: VirtIOSerialPort) -> None:
+        assert port.device is not None
+        path = self.qom_path(port)
+        port.device.unplug(port)
+        self.plugins.hook.vserial_port_unplugged(machine=self, port=port)
+        self._deleted(port, path)
+
+    def _deleted(self, obj: VirtIOSerial | VirtIOSerialPort, path: str) -> None:
+        """Forget a device's id (or anonymous path) and say DEVICE_DELETED."""
         if obj.qdev_id is not None:
             del self.qdev_ids[obj.qdev_id]
-            data = {"device": obj.qdev_id, "path": path}
+            self._event(QmpEvent("DEVICE_DELETED", {"device": obj.qdev_id, "path": path}))
         else:
             del self.anon[path]
-            data = {"path": path}
-        self.plugins.hook.vserial_port_unplugged(machine=self, port=obj)
-        self._event(QmpEvent("DEVICE_DELETED", data))
-        self.pump()
+            self._event(QmpEvent("DEVICE_DELETED", {"path": path}))
 
     def _request_eject(self) -> None:
         """The guest acts on a pending unplug request: at once in the
@@ -403,24 +409,10 @@ class Machine:
         """Unparent a virtio-serial device: its ports (last plugged first,
         as QEMU's bus_unparent does), the virtio-backend, the device."""
         for port in reversed(list(dev.ports.values())):
-            path = self.qom_path(port)
-            dev.unplug(port)
-            if port.qdev_id is not None:
-                del self.qdev_ids[port.qdev_id]
-                data: dict[str, str] = {"device": port.qdev_id, "path": path}
-            else:
-                del self.anon[path]
-                data = {"path": path}
-            self.plugins.hook.vserial_port_unplugged(machine=self, port=port)
-            self._event(QmpEvent("DEVICE_DELETED", data))
+            self._delete_port(port)
         path = self.qom_path(dev)
         self._event(QmpEvent("DEVICE_DELETED", {"path": f"{path}/virtio-backend"}))
-        if dev.qdev_id is not None:
-            del self.qdev_ids[dev.qdev_id]
-            self._event(QmpEvent("DEVICE_DELETED", {"device": dev.qdev_id, "path": path}))
-        else:
-            del self.anon[path]
-            self._event(QmpEvent("DEVICE_DELETED", {"path": path}))
+        self._deleted(dev, path)
         self.devices.remove(dev)
         self._pending = deque((d, q) for d, q in self._pending if d is not dev)
         self._pending_set = {(d.index, q) for d, q in self._pending}
