@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from emulator.chardev import Chardev, MemoryChardev  # noqa: E402
-from emulator.machine import Machine  # noqa: E402
-from emulator.memory import MiB  # noqa: E402
+from emulator.core.chardev import Chardev, MemoryChardev  # noqa: E402
+from emulator.machine.machine import Machine  # noqa: E402
+from emulator.core.memory import MiB  # noqa: E402
 
 
 class CopySink(Chardev):

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from emulator.qemu_cli import build  # noqa: E402
+from emulator.runtime.cmdline import build  # noqa: E402
 
 
 def host_reader(path: str, total: int, ready: mp.synchronize.Event) -> None:

@@ -192,10 +192,10 @@ def main(argv: list[str]) -> int:
 
 def emulator_device(repeat: int) -> bool:
     """The same measurement on the emulator's own description
-    (emulator/state.py), captured from a booted 511-port machine."""
-    from emulator.chardev import MemoryChardev
-    from emulator.machine import Machine
-    from emulator.state import SECTION, capture, registry
+    (emulator/state/records.py), captured from a booted 511-port machine."""
+    from emulator.core.chardev import MemoryChardev
+    from emulator.machine.machine import Machine
+    from emulator.state.records import SECTION, capture, registry
 
     m = Machine(ram_size=512 << 20)
     m.device_add({"driver": "virtio-serial", "max_ports": "511"})
@@ -217,7 +217,7 @@ def emulator_device(repeat: int) -> bool:
     t_dumps = best(lambda: cbor2.dumps(plain), repeat)
     t_loads = best(lambda: cbor2.loads(plain_blob), repeat)
     sec = section_bytes(rec)
-    print(f"emulator device (emulator/state.py), booted guest: {len(rec.ports)} ports, {len(rec.queues)} virtqueues")
+    print(f"emulator device (emulator/state/records.py), booted guest: {len(rec.ports)} ports, {len(rec.queues)} virtqueues")
     print(f"{'save (ms)':24}{t_save * 1e3:12.3f}{t_dumps * 1e3:12.3f}{t_save / t_dumps:8.2f}  <= 3")
     print(f"{'load (ms)':24}{t_load * 1e3:12.3f}{t_loads * 1e3:12.3f}{t_load / t_loads:8.2f}  <= 3")
     print(f"{'size (bytes)':24}{len(blob):12d}{len(plain_blob):12d}{len(blob) / len(plain_blob):8.2f}")

@@ -18,7 +18,7 @@ Each input's first byte picks a mode:
   appends a trailer with the right sha256, as anyone without a key can, so
   mutations reach the CBOR limits and the descriptions.
 
-Streams are loaded with the emulator's registry (`emulator.state.registry`),
+Streams are loaded with the emulator's registry (`emulator.state.records.registry`),
 RAM of a successful load is applied to a scratch buffer, and `dump`
 (summarize + render to a string) runs on whatever reads. The only exceptions
 allowed out are vmstate.VMStateError subclasses; anything else is a finding
@@ -46,7 +46,7 @@ with atheris.instrument_imports():
 
 from rich.console import Console  # noqa: E402
 
-from emulator.state import registry  # noqa: E402
+from emulator.state.records import registry  # noqa: E402
 
 REGISTRY = registry()
 MAX_APPLIED = 64 << 20  # apply RAM only for regions up to this size

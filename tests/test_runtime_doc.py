@@ -26,7 +26,7 @@ def test_the_first_example_runs_as_written() -> None:
         if os.path.exists(p):
             os.unlink(p)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", *argv[1:]], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli.main", *argv[1:]], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20

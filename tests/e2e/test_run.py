@@ -325,7 +325,7 @@ def test_sigterm_shuts_down_cleanly_with_a_shutdown_event() -> None:
 )
 def test_command_line_errors_exit_1_with_qemus_message_before_starting(args: list[str], message: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "emulator.cli", "run", *args, "-qmp", "unix:/tmp/vserial-never.sock,server=on,wait=off"],
+        [sys.executable, "-m", "emulator.cli.main", "run", *args, "-qmp", "unix:/tmp/vserial-never.sock,server=on,wait=off"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
     )
     assert proc.returncode == 1
@@ -424,7 +424,7 @@ def test_qmp_over_tcp() -> None:
     port = probe.getsockname()[1]
     probe.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator.cli", "run", "-device", "virtio-serial", "-device", "virtconsole",
+        [sys.executable, "-m", "emulator.cli.main", "run", "-device", "virtio-serial", "-device", "virtconsole",
          "-qmp", f"tcp:127.0.0.1:{port},server=on,wait=off"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
     )
@@ -470,7 +470,7 @@ def test_libvirt_style_monitor_serves_one_client_at_a_time() -> None:
     d = tempfile.mkdtemp(dir="/tmp")
     path = f"{d}/mon.sock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator.cli", "run", "-chardev", f"socket,id=charmonitor,path={path},server=on,wait=off",
+        [sys.executable, "-m", "emulator.cli.main", "run", "-chardev", f"socket,id=charmonitor,path={path},server=on,wait=off",
          "-mon", "chardev=charmonitor,id=monitor,mode=control", "-device", "virtio-serial"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
     )
@@ -528,7 +528,7 @@ def test_qmp_on_stdio() -> None:
     import json
 
     proc = subprocess.run(
-        [sys.executable, "-m", "emulator.cli", "run", "-name", "guest=piped", "-qmp", "stdio"],
+        [sys.executable, "-m", "emulator.cli.main", "run", "-name", "guest=piped", "-qmp", "stdio"],
         input=b'{"execute":"qmp_capabilities"}\n{"execute":"query-name"}\n{"execute":"quit"}\n',
         capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
     )

@@ -28,7 +28,7 @@ class VM:
         self.args = [a.replace("@", str(self.dir) + "/") for a in args]
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator.cli", "run", *self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off"],
+            [sys.executable, "-m", "emulator.cli.main", "run", *self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from emulator.runtime import Runtime
+from emulator.runtime.runtime import Runtime
 
 
 @pytest.fixture

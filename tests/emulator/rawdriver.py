@@ -7,12 +7,12 @@ the device put in the control rx ring.
 
 from __future__ import annotations
 
-from emulator import control, vring
-from emulator.control import CONTROL_HEADER, ControlMessage
-from emulator.device import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VirtIOSerial
-from emulator.driver_queue import DriverQueue
-from emulator.kmalloc import Kmalloc
-from emulator.memory import GuestMemory, MiB
+from emulator.core import control, vring
+from emulator.core.control import CONTROL_HEADER, ControlMessage
+from emulator.core.device import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VirtIOSerial
+from emulator.guest.driver_queue import DriverQueue
+from emulator.guest.kmalloc import Kmalloc
+from emulator.core.memory import GuestMemory, MiB
 
 
 class RawDriver:

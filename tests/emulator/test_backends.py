@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from emulator import qemu_cli
-from emulator.backends import SocketChardev, StdioChardev
-from emulator.chardev import Chardev
-from emulator.ports import VirtIOSerialPort
-from emulator.runtime import Runtime
+from emulator.runtime import cmdline as qemu_cli
+from emulator.io.backends import SocketChardev, StdioChardev
+from emulator.core.chardev import Chardev
+from emulator.core.ports import VirtIOSerialPort
+from emulator.runtime.runtime import Runtime
 
 PORT_NAME = "org.test.x"
 GUEST_PATH = f"/dev/virtio-ports/{PORT_NAME}"

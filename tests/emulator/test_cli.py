@@ -24,14 +24,14 @@ from typing import Any
 
 import pytest
 
-from emulator import qemu_cli
+from emulator.runtime import cmdline as qemu_cli
 from emulator.errors import ConfigError
-from emulator.agent import AgentError
-from emulator.backends import RingbufChardev, SocketChardev
-from emulator.chardev import NullChardev
-from emulator.memory import MiB
-from emulator.runtime import Runtime
-from emulator.trace import TRACE_EVENTS
+from emulator.runtime.agent import AgentError
+from emulator.io.backends import RingbufChardev, SocketChardev
+from emulator.core.chardev import NullChardev
+from emulator.core.memory import MiB
+from emulator.runtime.runtime import Runtime
+from emulator.core.trace import TRACE_EVENTS
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "qemu"
 DEVICE_GOLDEN = json.loads((FIXTURES / "device_errors.json").read_text())

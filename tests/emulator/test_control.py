@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.chardev import MemoryChardev, NullChardev
-from emulator.control import BAD_ID, ControlMessage, Event
-from emulator.device import STATUS_NEEDS_RESET
-from emulator.machine import Machine
-from emulator.trace import Trace
+from emulator.core.chardev import MemoryChardev, NullChardev
+from emulator.core.control import BAD_ID, ControlMessage, Event
+from emulator.core.device import STATUS_NEEDS_RESET
+from emulator.machine.machine import Machine
+from emulator.core.trace import Trace
 
 from .rawdriver import EMERG_WRITE, MULTIPORT, SIZE, RawDriver, ready_device
 

@@ -8,8 +8,8 @@ import sys
 
 from rich.console import Console
 
-from emulator.cli import main
-from emulator.demo import run_demo
+from emulator.cli.main import main
+from emulator.cli.demo import run_demo
 
 
 def test_demo_moves_data_hotplugs_and_unplugs() -> None:
@@ -33,7 +33,7 @@ def test_cli_demo_exits_zero() -> None:
 
 def test_console_script_runs_demo() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "emulator.cli", "demo"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "emulator.cli.main", "demo"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     assert "Guest side" in proc.stdout and "Host side" in proc.stdout

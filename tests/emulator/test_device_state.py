@@ -13,11 +13,11 @@ import attrs
 import pytest
 import vmstate
 
-from emulator.chardev import MemoryChardev
-from emulator.control import BAD_ID, Event
-from emulator.machine import Machine
-from emulator.state import VirtIOSerialRecord, capture, registry, restore
-from emulator.trace import Trace
+from emulator.core.chardev import MemoryChardev
+from emulator.core.control import BAD_ID, Event
+from emulator.machine.machine import Machine
+from emulator.state.records import VirtIOSerialRecord, capture, registry, restore
+from emulator.core.trace import Trace
 
 from .rawdriver import RawDriver, ready_device
 

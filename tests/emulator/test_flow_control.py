@@ -13,12 +13,12 @@ import errno
 
 import pytest
 
-from emulator.chardev import MemoryChardev
-from emulator.device import DATA_QUEUE_SIZE
+from emulator.core.chardev import MemoryChardev
+from emulator.core.device import DATA_QUEUE_SIZE
 from emulator.errors import GuestOSError
-from emulator.guest import RX_BUF_SIZE, GuestFile
-from emulator.machine import Machine
-from emulator.trace import Trace
+from emulator.guest.kernel import RX_BUF_SIZE, GuestFile
+from emulator.machine.machine import Machine
+from emulator.core.trace import Trace
 
 NODE = "/dev/vport0p1"
 THROTTLE_1 = "virtio_serial_throttle_port port 1, throttle 1"

@@ -12,15 +12,15 @@ from collections.abc import Callable
 
 import pytest
 
-from emulator import vring
-from emulator.chardev import MemoryChardev
-from emulator.control import Event
-from emulator.device import DATA_QUEUE_SIZE, STATUS_FAILED
+from emulator.core import vring
+from emulator.core.chardev import MemoryChardev
+from emulator.core.control import Event
+from emulator.core.device import DATA_QUEUE_SIZE, STATUS_FAILED
 from emulator.errors import ConfigError, GuestOSError
-from emulator.guest import MAX_WRITE, GuestPort
-from emulator.machine import Machine
-from emulator.memory import MiB
-from emulator.trace import Trace
+from emulator.guest.kernel import MAX_WRITE, GuestPort
+from emulator.machine.machine import Machine
+from emulator.core.memory import MiB
+from emulator.core.trace import Trace
 
 PORT_NAME = "org.qemu.port.0"
 NODE = "/dev/vport0p1"

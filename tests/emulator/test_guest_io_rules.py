@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.chardev import MemoryChardev
+from emulator.core.chardev import MemoryChardev
 from emulator.errors import GuestNotRunning
-from emulator.machine import Machine
+from emulator.machine.machine import Machine
 
 
 def booted() -> Machine:

@@ -14,12 +14,12 @@ import traceback
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from emulator.chardev import MemoryChardev
+from emulator.core.chardev import MemoryChardev
 from emulator.errors import GuestOSError
-from emulator.guest import MAX_WRITE, GuestFile
-from emulator.machine import Machine
-from emulator.memory import MiB
-from emulator.trace import Trace
+from emulator.guest.kernel import MAX_WRITE, GuestFile
+from emulator.machine.machine import Machine
+from emulator.core.memory import MiB
+from emulator.core.trace import Trace
 
 PORTS = ("a", "b")
 STREAM = 3 * MiB

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from emulator import qemu_cli
-from emulator.chardev import MemoryChardev
+from emulator.runtime import cmdline as qemu_cli
+from emulator.core.chardev import MemoryChardev
 from emulator.errors import ConfigError
-from emulator.machine import Machine
-from emulator.qmp import QMPSession
-from emulator.runtime import Runtime
+from emulator.machine.machine import Machine
+from emulator.runtime.qmp import QMPSession
+from emulator.runtime.runtime import Runtime
 
 
 # ------------------------------------------------------------------ helpers

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from emulator.errors import GuestError, MemoryAccessError
-from emulator.memory import PAGE_SIZE, GuestMemory
+from emulator.core.memory import PAGE_SIZE, GuestMemory
 
 RAM = 4 * PAGE_SIZE  # four pages keep the dirty log readable
 

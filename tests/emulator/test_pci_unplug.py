@@ -13,9 +13,9 @@ import errno
 
 import pytest
 
-from emulator.chardev import MemoryChardev
+from emulator.core.chardev import MemoryChardev
 from emulator.errors import ConfigError, GuestOSError
-from emulator.machine import Machine
+from emulator.machine.machine import Machine
 
 
 def booted() -> Machine:

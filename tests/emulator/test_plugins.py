@@ -1,5 +1,5 @@
-"""The plugin system: the hooks of emulator/hookspecs.py, the plugin manager
-of emulator/plugins.py, and plugins seen working inside a Machine and a
+"""The plugin system: the hooks of emulator/plugin/hookspecs.py, the plugin manager
+of emulator/plugin/manager.py, and plugins seen working inside a Machine and a
 Runtime (tests/plugins/echo_plugin.py is the example plugin)."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from emulator import hookspecs
-from emulator.backends import Backend
-from emulator.chardev import MemoryChardev, NullChardev
+from emulator.plugin import hookspecs
+from emulator.io.backends import Backend
+from emulator.core.chardev import MemoryChardev, NullChardev
 from emulator.errors import ConfigError, GuestOSError
-from emulator.hookspecs import hookimpl
-from emulator.machine import Machine
-from emulator.plugins import AUTOLOAD_ENV, PLUGINS_ENV, PluginError, Plugins, make_plugin_manager
-from emulator.ports import VirtConsole, VirtConsoleBase, VirtIOSerialPort, VirtSerialPort
-from emulator.runtime import Runtime
+from emulator.plugin.hookspecs import hookimpl
+from emulator.machine.machine import Machine
+from emulator.plugin.manager import AUTOLOAD_ENV, PLUGINS_ENV, PluginError, Plugins, make_plugin_manager
+from emulator.core.ports import VirtConsole, VirtConsoleBase, VirtIOSerialPort, VirtSerialPort
+from emulator.runtime.runtime import Runtime
 from tests.plugins import echo_plugin
 from tests.plugins.echo_plugin import EchoPort
 
@@ -359,7 +359,7 @@ def test_x_echo_stats_qmp_command_counts_bytes_echoed() -> None:
         f.write(b"xyz")
         assert handler({}) == {"echoed": 5, "ports": {"e0": 5}}
         assert handler({"id": "e0"}) == {"echoed": 5, "pending": 0}
-        from emulator.qmp import QMPError
+        from emulator.runtime.qmp import QMPError
 
         with pytest.raises(QMPError, match="Device 'nope' not found"):
             handler({"id": "nope"})
@@ -457,8 +457,8 @@ def make_dist(root: Path, module: str, ep_name: str = "fake") -> None:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(f"[vserial]\n{ep_name} = {module}\n")
     (root / f"{module}.py").write_text(
-        "from emulator.hookspecs import hookimpl\n"
-        "from emulator.ports import VirtConsoleBase\n\n\n"
+        "from emulator.plugin.hookspecs import hookimpl\n"
+        "from emulator.core.ports import VirtConsoleBase\n\n\n"
         "class FakePort(VirtConsoleBase):\n"
         "    driver = 'x-fake'\n\n\n"
         "@hookimpl\n"

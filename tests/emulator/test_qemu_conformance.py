@@ -11,19 +11,19 @@ from typing import Any
 
 import pytest
 
-from emulator import vring
-from emulator.chardev import MemoryChardev
-from emulator.control import BAD_ID, Event
-from emulator.device import STATUS_NEEDS_RESET
-from emulator.driver_queue import DriverQueue
+from emulator.core import vring
+from emulator.core.chardev import MemoryChardev
+from emulator.core.control import BAD_ID, Event
+from emulator.core.device import STATUS_NEEDS_RESET
+from emulator.guest.driver_queue import DriverQueue
 from emulator.errors import ConfigError
-from emulator.machine import Machine
-from emulator.memory import GuestMemory, MiB
-from emulator.hookspecs import hookimpl
-from emulator.plugins import make_plugin_manager
-from emulator.ports import VirtIOSerialPort
-from emulator.state import capture, restore
-from emulator.trace import Trace
+from emulator.machine.machine import Machine
+from emulator.core.memory import GuestMemory, MiB
+from emulator.plugin.hookspecs import hookimpl
+from emulator.plugin.manager import make_plugin_manager
+from emulator.core.ports import VirtIOSerialPort
+from emulator.state.records import capture, restore
+from emulator.core.trace import Trace
 
 from .rawdriver import EMERG_WRITE, RawDriver, ready_device
 from .test_device_state import CMDLINE, build, load_into, source, stream

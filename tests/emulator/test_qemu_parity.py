@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.chardev import NullChardev
+from emulator.core.chardev import NullChardev
 from emulator.errors import ConfigError
-from emulator.machine import Machine
-from emulator.qdev import parse_opts
+from emulator.machine.machine import Machine
+from emulator.machine.qdev import parse_opts
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "qemu"
 GOLDEN = json.loads((FIXTURES / "device_errors.json").read_text())

@@ -24,14 +24,14 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from emulator import vring
-from emulator.device import STATUS_FEATURES_OK, STATUS_NEEDS_RESET
-from emulator.effects import ConfigInterrupt, ErrorReport
+from emulator.core import vring
+from emulator.core.device import STATUS_FEATURES_OK, STATUS_NEEDS_RESET
+from emulator.core.effects import ConfigInterrupt, ErrorReport
 from emulator.errors import GuestError
-from emulator.chardev import MemoryChardev
-from emulator.machine import Machine
-from emulator.memory import GuestMemory
-from emulator.virtqueue import VIRTQUEUE_MAX_SIZE, Element, RingError, VirtQueue
+from emulator.core.chardev import MemoryChardev
+from emulator.machine.machine import Machine
+from emulator.core.memory import GuestMemory
+from emulator.core.virtqueue import VIRTQUEUE_MAX_SIZE, Element, RingError, VirtQueue
 
 FUZZ = settings(
     max_examples=300,

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from emulator import qemu_cli
-from emulator.backends import SocketChardev
-from emulator.runtime import Runtime
+from emulator.runtime import cmdline as qemu_cli
+from emulator.io.backends import SocketChardev
+from emulator.runtime.runtime import Runtime
 
 PORT_NAME = "org.review.0"
 GUEST_PATH = f"/dev/virtio-ports/{PORT_NAME}"
@@ -303,7 +303,7 @@ def test_client_that_never_reads_replies_is_bounded_and_others_are_served(tmp: s
             stalled += 1
         rt.loop.run_once(0.005)
     assert stalled >= 30, "the monitor should stop reading a client that does not read"
-    from emulator.qmp import OUTPUT_HIGH_WATER
+    from emulator.runtime.qmp import OUTPUT_HIGH_WATER
 
     assert len(rt.monitors[0].out) < OUTPUT_HIGH_WATER + (8 << 20)
     assert b.cmd({"execute": "query-status"})["return"]["running"] is True

@@ -8,9 +8,9 @@ so the exact trace is the protocol transcript.
 
 from __future__ import annotations
 
-from emulator.chardev import MemoryChardev
-from emulator.machine import Machine
-from emulator.trace import Trace
+from emulator.core.chardev import MemoryChardev
+from emulator.machine.machine import Machine
+from emulator.core.trace import Trace
 
 SEND = "virtio_serial_send_control_event port {}, event {}, value {}"
 HANDLE = "virtio_serial_handle_control_message event {}, value {}"

@@ -1,7 +1,7 @@
 """The emulator's vmstate history: every saved stream loads and restores
 forever, and no description changes without a version bump.
 
-If a test here fails because you changed emulator/state.py: bump the
+If a test here fails because you changed emulator/state/records.py: bump the
 description's version (keeping older streams loadable with since /
 dropped_after / default / translate), then run
 ``python fixtures/vmstate/emulator/make_fixtures.py``.
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import vmstate
 
-from emulator.chardev import MemoryChardev
-from emulator.machine import Machine
-from emulator.state import SECTION, registry, restore
+from emulator.core.chardev import MemoryChardev
+from emulator.machine.machine import Machine
+from emulator.state.records import SECTION, registry, restore
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "vmstate" / "emulator"
 STREAMS = sorted((FIXTURES / "streams").glob("*.vmstate"))

@@ -13,16 +13,16 @@ import errno
 import attrs
 import pytest
 
-from emulator import vring
-from emulator.device import STATUS_NEEDS_RESET, VirtIOSerial
-from emulator.driver_queue import DriverQueue
-from emulator.effects import ConfigInterrupt, ErrorReport, Interrupt
+from emulator.core import vring
+from emulator.core.device import STATUS_NEEDS_RESET, VirtIOSerial
+from emulator.guest.driver_queue import DriverQueue
+from emulator.core.effects import ConfigInterrupt, ErrorReport, Interrupt
 from emulator.errors import GuestError, GuestOSError, MemoryAccessError
-from emulator.kmalloc import Kmalloc
-from emulator.chardev import MemoryChardev
-from emulator.machine import Machine
-from emulator.memory import PAGE_SIZE, GuestMemory
-from emulator.virtqueue import Element, RingError, VirtQueue, VirtQueueState
+from emulator.guest.kmalloc import Kmalloc
+from emulator.core.chardev import MemoryChardev
+from emulator.machine.machine import Machine
+from emulator.core.memory import PAGE_SIZE, GuestMemory
+from emulator.core.virtqueue import Element, RingError, VirtQueue, VirtQueueState
 
 RAM = 1 << 20
 NUM = 8

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from emulator.hookspecs import hookimpl
-from emulator.machine import Machine
-from emulator.ports import VirtConsoleBase, VirtIOSerialPort
-from emulator.qmp import QMPError
+from emulator.plugin.hookspecs import hookimpl
+from emulator.machine.machine import Machine
+from emulator.core.ports import VirtConsoleBase, VirtIOSerialPort
+from emulator.runtime.qmp import QMPError
 
 # (hook name, machine, port or None, flag or None), in call order.
 EVENTS: list[tuple[str, Machine, VirtIOSerialPort | None, bool | None]] = []

@@ -30,7 +30,7 @@ HEADER = {"magic": vmstate.MAGIC, "format": 1, "producer": "review", "created": 
 
 
 def emu_registry() -> vmstate.Registry:
-    from emulator.state import registry
+    from emulator.state.records import registry
 
     return registry()
 
@@ -241,9 +241,9 @@ def test_an_empty_hmac_key_is_refused() -> None:
 
 # Was: a refused emulator restore had already overwritten guest RAM (restore now stages it).
 def test_emulator_restore_that_refuses_a_record_leaves_guest_ram_unchanged() -> None:
-    from emulator.chardev import MemoryChardev
-    from emulator.machine import Machine
-    from emulator.state import restore
+    from emulator.core.chardev import MemoryChardev
+    from emulator.machine.machine import Machine
+    from emulator.state.records import restore
 
     loaded = vmstate.loads(EMU_STREAM.read_bytes(), emu_registry())
     cfg = loaded.header.machine
@@ -270,5 +270,5 @@ def test_an_atheris_harness_exists() -> None:
     harness = ROOT / "fuzz" / "fuzz_vmstate.py"
     text = harness.read_text()
     compile(text, str(harness), "exec")  # valid Python
-    for needle in ("import atheris", "atheris.Setup", "atheris.Fuzz", "VMStateError", "emulator.state import registry"):
+    for needle in ("import atheris", "atheris.Setup", "atheris.Fuzz", "VMStateError", "emulator.state.records import registry"):
         assert needle in text

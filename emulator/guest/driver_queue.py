@@ -14,10 +14,10 @@ import errno
 import struct
 from typing import Any
 
-from . import vring
-from .errors import GuestOSError
-from .kmalloc import Kmalloc
-from .memory import GuestMemory
+from emulator.core import vring
+from emulator.errors import GuestOSError
+from emulator.guest.kmalloc import Kmalloc
+from emulator.core.memory import GuestMemory
 
 _DESC = vring.DESC
 _DESC_PACK = vring.DESC.pack_into

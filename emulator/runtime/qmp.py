@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from emulator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .chardev import Chardev
+    from emulator.core.chardev import Chardev
 
 QEMU_VERSION = {"micro": 22, "minor": 2, "major": 7}
 MAX_MESSAGE = 64 * 1024 * 1024  # QEMU's MAX_TOKEN_SIZE

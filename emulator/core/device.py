@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import struct
 
-from . import control, vring
-from .control import BAD_ID, CONTROL_HEADER, Event
-from .effects import ConfigInterrupt, Effect, ErrorReport, Interrupt, PortChange
-from .errors import ConfigError, GuestError
-from .memory import GuestMemory
-from .ports import VirtIOSerialPort
-from .trace import Trace
-from .virtqueue import Element, VirtQueue
+from emulator.core import control, vring
+from emulator.core.control import BAD_ID, CONTROL_HEADER, Event
+from emulator.core.effects import ConfigInterrupt, Effect, ErrorReport, Interrupt, PortChange
+from emulator.errors import ConfigError, GuestError
+from emulator.core.memory import GuestMemory
+from emulator.core.ports import VirtIOSerialPort
+from emulator.core.trace import Trace
+from emulator.core.virtqueue import Element, VirtQueue
 
 # Device status bits (virtio 1.x, 2.1).
 STATUS_ACKNOWLEDGE = 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import ConfigError
+from emulator.errors import ConfigError
 
 _ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*\Z")
 

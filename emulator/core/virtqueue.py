@@ -17,9 +17,9 @@ import struct
 
 import attrs
 
-from . import vring
-from .errors import GuestError, MemoryAccessError
-from .memory import GuestMemory
+from emulator.core import vring
+from emulator.errors import GuestError, MemoryAccessError
+from emulator.core.memory import GuestMemory
 
 _DESC = vring.DESC
 _USED_ELEM = vring.USED_ELEM

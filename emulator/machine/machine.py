@@ -13,17 +13,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import qdev
-from .chardev import Chardev, MemoryChardev
-from .control import BAD_ID
-from .device import DEFAULT_MAX_PORTS, TRANSPORT_DRIVERS, VirtIOSerial
-from .effects import ConfigInterrupt, ErrorReport, Interrupt, PortChange, QmpEvent
-from .errors import ConfigError
-from .guest import GuestKernel
-from .memory import DEFAULT_RAM_SIZE, GuestMemory
-from .plugins import Plugins, default_plugins
-from .ports import VirtIOSerialPort
-from .trace import Trace
+from emulator.machine import qdev
+from emulator.core.chardev import Chardev, MemoryChardev
+from emulator.core.control import BAD_ID
+from emulator.core.device import DEFAULT_MAX_PORTS, TRANSPORT_DRIVERS, VirtIOSerial
+from emulator.core.effects import ConfigInterrupt, ErrorReport, Interrupt, PortChange, QmpEvent
+from emulator.errors import ConfigError
+from emulator.guest.kernel import GuestKernel
+from emulator.core.memory import DEFAULT_RAM_SIZE, GuestMemory
+from emulator.plugin.manager import Plugins, default_plugins
+from emulator.core.ports import VirtIOSerialPort
+from emulator.core.trace import Trace
 
 
 def transport_types(driver: str) -> list[str]:

@@ -4,7 +4,7 @@
 ``wait``, ``reconnect``), ``file`` (``path=``, ``append=``), ``pipe``
 (``path=``: ``PATH.in``/``PATH.out`` or one fifo), ``stdio`` (``signal=``)
 and ``ringbuf`` (``size=``, alias ``memory``).  Each is registered through
-the ``vserial_chardev_backends`` hook (``emulator.builtin``), exactly as a
+the ``vserial_chardev_backends`` hook (``emulator.plugin.builtin``), exactly as a
 third-party backend would be.
 
 Flow control is QEMU's: a backend's ``write`` never blocks.  A short count
@@ -29,10 +29,10 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from .chardev import Chardev, NullChardev
-from .errors import ConfigError
-from .mainloop import MainLoop
-from .qdev import convert
+from emulator.core.chardev import Chardev, NullChardev
+from emulator.errors import ConfigError
+from emulator.io.mainloop import MainLoop
+from emulator.machine.qdev import convert
 
 READ_CHUNK = 1 << 16
 

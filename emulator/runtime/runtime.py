@@ -2,7 +2,7 @@
 
 ``Runtime`` owns the ``MainLoop``, the ``Machine``, the chardev backends'
 descriptors, the QMP monitors and the guest programs (``GuestAgent``).
-``vserial run`` builds one from a QEMU command line (``emulator.qemu_cli``);
+``vserial run`` builds one from a QEMU command line (``emulator.runtime.cmdline``);
 tests and benches can build one directly.
 """
 
@@ -15,18 +15,18 @@ import socket
 from collections.abc import Mapping
 from typing import IO, Any
 
-from .agent import GuestAgent
-from .backends import RingbufChardev
-from .chardev import Chardev
-from .effects import QmpEvent
-from .errors import ConfigError
-from .machine import Machine
-from .mainloop import MainLoop
-from .memory import DEFAULT_RAM_SIZE
-from .plugins import Plugins, default_plugins
-from .ports import VirtIOSerialPort
-from .qmp import ChardevMonitor, Monitor, QMPError, qbase64_decode
-from .trace import Trace
+from emulator.runtime.agent import GuestAgent
+from emulator.io.backends import RingbufChardev
+from emulator.core.chardev import Chardev
+from emulator.core.effects import QmpEvent
+from emulator.errors import ConfigError
+from emulator.machine.machine import Machine
+from emulator.io.mainloop import MainLoop
+from emulator.core.memory import DEFAULT_RAM_SIZE
+from emulator.plugin.manager import Plugins, default_plugins
+from emulator.core.ports import VirtIOSerialPort
+from emulator.runtime.qmp import ChardevMonitor, Monitor, QMPError, qbase64_decode
+from emulator.core.trace import Trace
 
 VERSION = "0.1.0"
 COMMON_CHARDEV_OPTIONS = {"id", "backend"}
@@ -190,7 +190,7 @@ class Runtime:
             raise ConfigError(f"'{backend}' is not a valid char driver name")
         if chardev_id is None:
             raise ConfigError("chardev: no id specified")
-        from .qdev import check_id
+        from emulator.machine.qdev import check_id
 
         try:
             check_id(chardev_id)
@@ -277,7 +277,7 @@ class Runtime:
         reg("guest-sync", self.qmp_guest_sync, {"id": ("int", True)})
         for name, handler in self.plugins.qmp_commands.items():
             if name in self.monitor.commands or name == "qmp_capabilities":
-                from .plugins import PluginError
+                from emulator.plugin.manager import PluginError
 
                 raise PluginError(f"QMP command '{name}' is already registered")
             reg(name, lambda args, h=handler: h(self, **args), None)
@@ -316,7 +316,7 @@ class Runtime:
         return {"name": self.name} if self.name is not None else {}
 
     def qmp_query_version(self) -> dict[str, Any]:
-        from .qmp import QEMU_VERSION
+        from emulator.runtime.qmp import QEMU_VERSION
 
         return {"qemu": dict(QEMU_VERSION), "package": self.monitor.package}
 
@@ -427,7 +427,7 @@ class Runtime:
     def qmp_qom_get(self, path: str, property: str) -> Any:
         """A port's properties, the PCI proxy's (with every virtio property,
         as QEMU aliases them) and the virtio-backend's; defaults included."""
-        from . import qdev
+        from emulator.machine import qdev
 
         m = self.machine
         backend = path.endswith("/virtio-backend")

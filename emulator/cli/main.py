@@ -21,16 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "vmstate":
         from vmstate.cli import main as vmstate_main
 
-        from .state import registry
+        from emulator.state.records import registry
 
         return vmstate_main(args[1:], registry=registry())
     if args and args[0] == "run":
-        from .qemu_cli import main as run_main
+        from emulator.runtime.cmdline import main as run_main
 
         return run_main(args[1:])
     ns = parser.parse_args(args)
     if ns.command == "demo":
-        from .demo import run_demo
+        from emulator.cli.demo import run_demo
 
         run_demo(show_trace=ns.trace)
         return 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import errno
 
-from .errors import GuestOSError
-from .memory import PAGE_SIZE
+from emulator.errors import GuestOSError
+from emulator.core.memory import PAGE_SIZE
 
 _MIN_SHIFT = 6
 

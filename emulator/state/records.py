@@ -28,9 +28,9 @@ import attrs
 import vmstate
 from vmstate import U8, U16, U32, U64, Bitmap, Bool, ListOf, Nested, Optional, Str
 
-from .device import VirtIOSerial
-from .errors import GuestError
-from .virtqueue import Element, VirtQueue, VirtQueueState
+from emulator.core.device import VirtIOSerial
+from emulator.errors import GuestError
+from emulator.core.virtqueue import Element, VirtQueue, VirtQueueState
 
 SECTION = "virtio-serial"
 
@@ -256,7 +256,7 @@ def _element(pr: PortRecord, vq: VirtQueue, ram_size: int, path: str) -> Element
 
 
 def _post_load(dev: VirtIOSerial, saved_host: dict[int, bool]) -> None:
-    from .control import Event
+    from emulator.core.control import Event
 
     for port_id, host_connected in saved_host.items():
         port = dev.ports[port_id]

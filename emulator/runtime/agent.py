@@ -24,12 +24,12 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, GuestNotRunning, GuestOSError
-from .guest import GuestFile
-from .qmp import QMPError, qbase64_decode
+from emulator.errors import ConfigError, GuestNotRunning, GuestOSError
+from emulator.guest.kernel import GuestFile
+from emulator.runtime.qmp import QMPError, qbase64_decode
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from emulator.machine.machine import Machine
 
 FIRST_HANDLE = 1000  # QGA_PSTATE_DEFAULT_FD_COUNTER
 READ_COUNT_DEFAULT = 4096  # QGA_READ_COUNT_DEFAULT

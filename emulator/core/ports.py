@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .chardev import Chardev
-from .control import BAD_ID
-from .effects import QmpEvent
-from .errors import ConfigError
+from emulator.core.chardev import Chardev
+from emulator.core.control import BAD_ID
+from emulator.core.effects import QmpEvent
+from emulator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .device import VirtIOSerial
-    from .virtqueue import Element
+    from emulator.core.device import VirtIOSerial
+    from emulator.core.virtqueue import Element
 
 
 class VirtIOSerialPort:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .chardev import MemoryChardev
-from .machine import Machine
-from .trace import Trace
+from emulator.core.chardev import MemoryChardev
+from emulator.machine.machine import Machine
+from emulator.core.trace import Trace
 
 DEFAULT_PORTS = (
     ("org.qemu.guest_agent.0", "agent"),

@@ -35,17 +35,17 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from . import control, vring
-from .control import BAD_ID, CONTROL_HEADER, Event
-from .device import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK
-from .driver_queue import DriverQueue
-from .errors import GuestNotRunning, GuestOSError
-from .kmalloc import Kmalloc
-from .memory import PAGE_SIZE
+from emulator.core import control, vring
+from emulator.core.control import BAD_ID, CONTROL_HEADER, Event
+from emulator.core.device import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK
+from emulator.guest.driver_queue import DriverQueue
+from emulator.errors import GuestNotRunning, GuestOSError
+from emulator.guest.kmalloc import Kmalloc
+from emulator.core.memory import PAGE_SIZE
 
 if TYPE_CHECKING:
-    from .device import VirtIOSerial
-    from .machine import Machine
+    from emulator.core.device import VirtIOSerial
+    from emulator.machine.machine import Machine
 
 VIRTCONS_MAX_PORTS = 0x8000
 MAX_WRITE = 32 * 1024

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from . import builtin, hookspecs
-from .errors import ConfigError
+from emulator.plugin import builtin, hookspecs
+from emulator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .backends import Backend
-    from .ports import VirtIOSerialPort
+    from emulator.io.backends import Backend
+    from emulator.core.ports import VirtIOSerialPort
 
 ENTRY_POINT_GROUP = "vserial"
 AUTOLOAD_ENV = "VSERIAL_DISABLE_PLUGIN_AUTOLOAD"
@@ -44,8 +44,8 @@ class Plugins:
         self._collect()
 
     def _collect(self) -> None:
-        from .backends import Backend
-        from .ports import VirtIOSerialPort
+        from emulator.io.backends import Backend
+        from emulator.core.ports import VirtIOSerialPort
 
         for plugin_name, types in self._each("vserial_port_types"):
             for cls in types or []:
@@ -81,7 +81,7 @@ class Plugins:
             yield impl.plugin_name, result
 
     def port_type(self, driver: str) -> type[VirtIOSerialPort] | None:
-        from .ports import VirtIOSerialPort
+        from emulator.core.ports import VirtIOSerialPort
 
         cls = self.port_types.get(driver)
         if cls is None:

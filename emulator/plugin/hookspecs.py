@@ -1,7 +1,7 @@
 """The vserial plugin hooks (pluggy project name ``vserial``).
 
 Port types and chardev backends are plugins: the built-in ones live in
-``emulator.builtin`` and are registered through these very hooks, and a
+``emulator.plugin.builtin`` and are registered through these very hooks, and a
 third-party package registers its own through the ``vserial`` entry-point
 group::
 
@@ -9,7 +9,7 @@ group::
     myports = "myports.plugin"
 
 A plugin is any object or module with functions named after the hooks
-below, marked with ``@emulator.hookspecs.hookimpl``.  A function whose name
+below, marked with ``@emulator.plugin.hookspecs.hookimpl``.  A function whose name
 starts with ``vserial_`` but matches no hook is rejected when the plugin
 manager is built (``check_pending``), so a typo fails loudly instead of
 silently never running.
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .backends import Backend
-    from .machine import Machine
-    from .ports import VirtIOSerialPort
+    from emulator.io.backends import Backend
+    from emulator.machine.machine import Machine
+    from emulator.core.ports import VirtIOSerialPort
 
 PROJECT = "vserial"
 
@@ -50,7 +50,7 @@ def vserial_port_types() -> list[type[VirtIOSerialPort]]:  # type: ignore[empty-
     """Return the port types this plugin provides.
 
     Called once per plugin manager.  Each entry is a subclass of
-    ``emulator.ports.VirtIOSerialPort`` (usually of ``VirtConsoleBase``);
+    ``emulator.core.ports.VirtIOSerialPort`` (usually of ``VirtConsoleBase``);
     its ``driver`` class attribute is the ``-device`` driver name, its
     ``extra_properties`` the ``-device`` properties it adds (name -> kind:
     "str", "bool", "uint8/16/32/64"), and its hooks (``have_data``,
@@ -75,7 +75,7 @@ def vserial_chardev_backends() -> list[Backend]:  # type: ignore[empty-body]
     """Return the ``-chardev`` backends this plugin provides.
 
     Called once per plugin manager.  Each entry is an
-    ``emulator.backends.Backend``: ``name`` (and ``aliases``) is the
+    ``emulator.io.backends.Backend``: ``name`` (and ``aliases``) is the
     ``-chardev`` kind and the QMP ``chardev-add`` backend type, ``options``
     its option names, ``create(id, opts)`` builds the ``Chardev`` and
     ``qmp_to_opts(data)`` maps a QMP backend ``data`` object to the same
@@ -89,7 +89,7 @@ def vserial_qmp_commands() -> dict[str, Callable[..., Any]]:  # type: ignore[emp
 
     Called once per plugin manager.  A handler is called as
     ``handler(runtime, **arguments)`` and returns the JSON-able ``return``
-    value; it raises ``emulator.qmp.QMPError`` (or ``ConfigError``, which
+    value; it raises ``emulator.runtime.qmp.QMPError`` (or ``ConfigError``, which
     becomes ``GenericError``) to fail.  Names should start with ``x-`` as
     QEMU's unstable commands do.  A name claimed twice is an error.
     """

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .mainloop import MainLoop
+    from emulator.io.mainloop import MainLoop
 
 
 class ChardevFrontend(Protocol):

@@ -5,9 +5,9 @@ Registered through the same hooks a third-party plugin uses.
 
 from __future__ import annotations
 
-from .backends import BUILTIN_BACKENDS, Backend
-from .hookspecs import hookimpl
-from .ports import VirtConsole, VirtIOSerialPort, VirtSerialPort
+from emulator.io.backends import BUILTIN_BACKENDS, Backend
+from emulator.plugin.hookspecs import hookimpl
+from emulator.core.ports import VirtConsole, VirtIOSerialPort, VirtSerialPort
 
 
 @hookimpl

@@ -31,14 +31,14 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
-from .backends import parse_size
-from .device import TRANSPORT_DRIVERS
-from .errors import ConfigError
-from .machine import port_types, transport_types
-from .memory import MiB
-from .qdev import parse_opts
-from .runtime import Runtime
-from .trace import Trace
+from emulator.io.backends import parse_size
+from emulator.core.device import TRANSPORT_DRIVERS
+from emulator.errors import ConfigError
+from emulator.machine.machine import port_types, transport_types
+from emulator.core.memory import MiB
+from emulator.machine.qdev import parse_opts
+from emulator.runtime.runtime import Runtime
+from emulator.core.trace import Trace
 
 PROG = "vserial"
 
@@ -227,7 +227,7 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
             elif name in ("M", "machine"):
                 assert value is not None
                 machine_type = _parse_warn(where, value, "type").get("type", "pc")
-                from .machine import MACHINE_TYPES
+                from emulator.machine.machine import MACHINE_TYPES
 
                 if machine_type not in MACHINE_TYPES:
                     raise UsageError("", "unsupported machine type", [
@@ -314,7 +314,7 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 for group, gopts in _read_config(value):
                     (devices if group == "device" else chardevs).append((where, gopts))
             elif name == "version":
-                from .runtime import VERSION
+                from emulator.runtime.runtime import VERSION
 
                 print(f"{PROG} {VERSION} (QEMU 7.2 virtio-serial)", file=stdout or sys.stdout)
                 raise SystemExit(0)
@@ -424,9 +424,9 @@ def _parse_warn(where: str, value: str, implied: str) -> dict[str, str]:
 def _help(option: str, value: str, out: IO[str]) -> int | None:
     """``-chardev help``, ``-chardev BACKEND,help`` and ``-device DRIVER,help``
     in QEMU's format; returns the exit status, or None when not a help request."""
-    from . import qdev
-    from .device import TRANSPORT_DRIVERS
-    from .plugins import default_plugins
+    from emulator.machine import qdev
+    from emulator.core.device import TRANSPORT_DRIVERS
+    from emulator.plugin.manager import default_plugins
 
     plugins = default_plugins()
     parts = value.split(",")
