@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from emulator.errors import ConfigError
+
 if TYPE_CHECKING:
     from emulator.io.mainloop import MainLoop
 
@@ -50,7 +52,7 @@ class Chardev:
     # -- front-end attachment (qemu_chr_fe_init / set_handlers) ----------------
     def attach(self, frontend: ChardevFrontend) -> None:
         if self.frontend is not None:
-            raise RuntimeError(f"chardev '{self.id}' is in use")
+            raise ConfigError(f"chardev '{self.id}' is in use")
         self.frontend = frontend
 
     def detach(self) -> None:

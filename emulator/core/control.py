@@ -9,6 +9,8 @@ import struct
 
 import attrs
 
+from emulator.errors import GuestError
+
 CONTROL_HEADER = struct.Struct("<IHH")
 CONTROL_HEADER_SIZE = CONTROL_HEADER.size  # 8
 
@@ -53,7 +55,7 @@ class ControlMessage:
     @classmethod
     def decode(cls, data: bytes | memoryview) -> ControlMessage:
         if len(data) < CONTROL_HEADER_SIZE:
-            raise ValueError(f"control message of {len(data)} bytes is shorter than its header")
+            raise GuestError(f"control message of {len(data)} bytes is shorter than its header")
         pid, event, value = CONTROL_HEADER.unpack_from(data, 0)
         return cls(pid, event, value, bytes(data[CONTROL_HEADER_SIZE:]))
 

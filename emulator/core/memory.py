@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from emulator.errors import MemoryAccessError
+from emulator.errors import ConfigValueError, MemoryAccessError, StateError
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -34,7 +34,7 @@ class GuestMemory:
 
     def __init__(self, size: int = DEFAULT_RAM_SIZE) -> None:
         if size <= 0 or size % PAGE_SIZE:
-            raise ValueError(f"RAM size must be a positive multiple of {PAGE_SIZE}: {size}")
+            raise ConfigValueError(f"RAM size must be a positive multiple of {PAGE_SIZE}: {size}")
         self.size = size
         self._ram = bytearray(size)
         self._mv = memoryview(self._ram)
@@ -159,7 +159,7 @@ class GuestMemory:
     def assign(self, other: GuestMemory) -> None:
         """Take ``other``'s contents in place; every page counts as written."""
         if other.size != self.size:
-            raise ValueError(f"RAM sizes differ: 0x{other.size:x} vs 0x{self.size:x}")
+            raise StateError(f"RAM sizes differ: 0x{other.size:x} vs 0x{self.size:x}")
         self._mv[:] = other._mv
         self.mark_all_dirty()
 

@@ -18,7 +18,7 @@ import struct
 import attrs
 
 from emulator.core import vring
-from emulator.errors import GuestError, MemoryAccessError
+from emulator.errors import ConfigValueError, GuestError, MemoryAccessError, RingError, StateError
 from emulator.core.memory import GuestMemory
 
 _DESC = vring.DESC
@@ -35,10 +35,6 @@ _F_INDIRECT = vring.VRING_DESC_F_INDIRECT
 # VIRTIO_QUEUE_MAX, the most queues a device has).
 VIRTQUEUE_MAX_SIZE = 1024
 VIRTIO_QUEUE_MAX = 1024
-
-
-class RingError(GuestError):
-    """The guest's ring is malformed; the text is QEMU's ``virtio_error``."""
 
 
 class Element:
@@ -73,7 +69,7 @@ def _u16(v: int) -> int:
 def _check_int(state: VirtQueueState, name: str, low: int, high: int) -> int:
     v = getattr(state, name)
     if type(v) is not int or not low <= v <= high:
-        raise ValueError(f"virtqueue {state.index}: {name} {v!r} out of range [{low}, {high}]")
+        raise StateError(f"virtqueue {state.index}: {name} {v!r} out of range [{low}, {high}]")
     return v
 
 
@@ -107,7 +103,7 @@ class VirtQueue:
 
     def __init__(self, index: int, max_size: int) -> None:
         if not vring.is_valid_size(max_size):
-            raise ValueError(f"queue size {max_size} is not a power of two <= 32768")
+            raise ConfigValueError(f"queue size {max_size} is not a power of two <= 32768")
         self.index = index
         self.max_size = max_size
         self.reset()
@@ -161,11 +157,11 @@ class VirtQueue:
         _check_int(state, "index", 0, VIRTIO_QUEUE_MAX - 1)
         _check_int(state, "max_size", 1, vring.MAX_QUEUE_SIZE)
         if not vring.is_valid_size(state.max_size):
-            raise ValueError(f"virtqueue {state.index}: max_size {state.max_size} is not a power of two")
+            raise StateError(f"virtqueue {state.index}: max_size {state.max_size} is not a power of two")
         q = cls(state.index, state.max_size)
         size = _check_int(state, "size", 1, state.max_size)
         if not vring.is_valid_size(size):
-            raise ValueError(f"virtqueue {state.index}: size {size} is not a power of two")
+            raise StateError(f"virtqueue {state.index}: size {size} is not a power of two")
         for name in ("desc_addr", "avail_addr", "used_addr"):
             _check_int(state, name, 0, 0xFFFF_FFFF_FFFF_FFFF)
         for name in ("last_avail_idx", "used_idx", "signalled_used"):
@@ -173,30 +169,30 @@ class VirtQueue:
         _check_int(state, "inuse", 0, size)
         for name in ("ready", "signalled_used_valid", "event_idx"):
             if not isinstance(getattr(state, name), bool):
-                raise ValueError(f"virtqueue {state.index}: {name} {getattr(state, name)!r} is not a bool")
+                raise StateError(f"virtqueue {state.index}: {name} {getattr(state, name)!r} is not a bool")
         if state.ready:
             try:
                 q.configure(mem, size, state.desc_addr, state.avail_addr, state.used_addr)
             except GuestError as err:
-                raise ValueError(str(err)) from err
+                raise StateError(str(err)) from err
             # virtio_load: the guest cannot have more heads in flight than
             # the ring holds, nor the device more than it took.
             avail_idx = mem.read_u16(state.avail_addr + 2)
             delta = _u16(avail_idx - state.last_avail_idx)
             if delta > size:
-                raise ValueError(
+                raise StateError(
                     f"VQ {state.index} size 0x{size:x} Guest index 0x{avail_idx:x} "
                     f"inconsistent with Host index 0x{state.last_avail_idx:x}: delta 0x{delta:x}"
                 )
             taken = _u16(state.last_avail_idx - state.used_idx)
             if taken > size:
-                raise ValueError(
+                raise StateError(
                     f"VQ {state.index} size 0x{size:x} < last_avail_idx 0x{state.last_avail_idx:x} "
                     f"- used_idx 0x{state.used_idx:x}"
                 )
             # Every element in use was popped and not yet pushed.
             if state.inuse > taken:
-                raise ValueError(
+                raise StateError(
                     f"virtqueue {state.index}: inuse {state.inuse} exceeds last_avail_idx "
                     f"0x{state.last_avail_idx:x} - used_idx 0x{state.used_idx:x}"
                 )
@@ -204,15 +200,15 @@ class VirtQueue:
             # A queue the guest has not enabled is as reset() leaves it
             # (virtio_load: "address 0x0 inconsistent with Host index").
             if state.last_avail_idx:
-                raise ValueError(
+                raise StateError(
                     f"VQ {state.index} address 0x0 inconsistent with Host index "
                     f"0x{state.last_avail_idx:x}"
                 )
             for name in ("desc_addr", "avail_addr", "used_addr", "used_idx", "inuse", "signalled_used"):
                 if getattr(state, name):
-                    raise ValueError(f"virtqueue {state.index}: {name} set on a queue that is not ready")
+                    raise StateError(f"virtqueue {state.index}: {name} set on a queue that is not ready")
             if state.signalled_used_valid:
-                raise ValueError(f"virtqueue {state.index}: signalled_used_valid on a queue that is not ready")
+                raise StateError(f"virtqueue {state.index}: signalled_used_valid on a queue that is not ready")
             q.size = size
         q.last_avail_idx = q.shadow_avail_idx = state.last_avail_idx
         q.used_idx = state.used_idx
@@ -333,7 +329,7 @@ class VirtQueue:
     def unpop(self, count: int = 1) -> None:
         """Give back elements popped but not used (virtqueue_unpop/rewind)."""
         if not 0 <= count <= self.inuse:
-            raise ValueError(f"virtqueue {self.index}: cannot unpop {count} of {self.inuse} in use")
+            raise StateError(f"virtqueue {self.index}: cannot unpop {count} of {self.inuse} in use")
         self.last_avail_idx = _u16(self.last_avail_idx - count)
         self.inuse -= count
 

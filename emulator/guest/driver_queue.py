@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 from emulator.core import vring
-from emulator.errors import GuestOSError
+from emulator.errors import GuestKernelBug, GuestOSError
 from emulator.guest.kmalloc import Kmalloc
 from emulator.core.memory import GuestMemory
 
@@ -62,7 +62,7 @@ class DriverQueue:
         """virtqueue_add: publish one chain; ENOSPC when the ring is full."""
         n = len(out_bufs) + len(in_bufs)
         if n == 0:
-            raise ValueError("empty chain")
+            raise GuestKernelBug("virtqueue_add of an empty chain")
         if n == 1:
             if out_bufs:
                 addr, length = out_bufs[0]

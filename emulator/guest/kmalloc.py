@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 
-from emulator.errors import GuestOSError
+from emulator.errors import GuestKernelBug, GuestOSError
 from emulator.core.memory import PAGE_SIZE
 
 _MIN_SHIFT = 6
@@ -34,7 +34,7 @@ class Kmalloc:
 
     def alloc(self, size: int) -> int:
         if size <= 0:
-            raise ValueError("kmalloc of zero bytes")
+            raise GuestKernelBug("kmalloc of zero bytes")
         b = _bucket(size)
         free = self._free.get(b)
         if free:
@@ -54,7 +54,7 @@ class Kmalloc:
         b = self._sizes.pop(addr, None)
         if b is None:
             # Linux would oops; the simulation says which free was wrong.
-            raise ValueError(f"kfree of 0x{addr:x}, which is not an allocated block")
+            raise GuestKernelBug(f"kfree of 0x{addr:x}, which is not an allocated block")
         self._free.setdefault(b, []).append(addr)
         self.allocated -= 1 << b
 

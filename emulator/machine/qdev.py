@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from emulator.errors import ConfigError
+from emulator.errors import ConfigError, PluginError
 
 _ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*\Z")
 
@@ -127,7 +127,7 @@ def convert(name: str, kind: str, value: str) -> Any:
         raise ConfigError(f"Parameter '{name}' expects 'on' or 'off'")
     if kind == "str":
         return str(value)
-    raise ValueError(f"unknown property kind {kind}")
+    raise PluginError(f"unknown property kind {kind}")
 
 
 # Properties of the bus device, by name -> kind.

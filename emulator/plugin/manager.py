@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from emulator.plugin import builtin, hookspecs
-from emulator.errors import ConfigError
+from emulator.errors import PluginError
 
 if TYPE_CHECKING:
     from emulator.io.backends import Backend
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "vserial"
 AUTOLOAD_ENV = "VSERIAL_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "VSERIAL_PLUGINS"
-
-
-class PluginError(ConfigError):
-    """A plugin is malformed: unknown hook, clashing names, bad return."""
 
 
 class Plugins:

@@ -24,9 +24,9 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from emulator.errors import ConfigError, GuestNotRunning, GuestOSError
+from emulator.errors import AgentError, GuestNotRunning, GuestOSError, QMPError
 from emulator.guest.kernel import GuestFile
-from emulator.runtime.qmp import QMPError, qbase64_decode
+from emulator.runtime.qmp import qbase64_decode
 
 if TYPE_CHECKING:
     from emulator.machine.machine import Machine
@@ -35,10 +35,6 @@ FIRST_HANDLE = 1000  # QGA_PSTATE_DEFAULT_FD_COUNTER
 READ_COUNT_DEFAULT = 4096  # QGA_READ_COUNT_DEFAULT
 READ_COUNT_MAX = 48 * 1024 * 1024  # GUEST_FILE_READ_COUNT_MAX
 OPEN_MODES = {"r", "rb", "w", "wb", "a", "ab", "r+", "rb+", "r+b", "w+", "wb+", "w+b", "a+", "ab+", "a+b"}
-
-
-class AgentError(ConfigError):
-    """A guest-file-* command failed (becomes a GenericError)."""
 
 
 class AgentHandle:

@@ -33,7 +33,7 @@ from typing import IO
 
 from emulator.io.backends import parse_size
 from emulator.core.device import TRANSPORT_DRIVERS
-from emulator.errors import ConfigError
+from emulator.errors import ConfigError, InputError
 from emulator.machine.machine import port_types, transport_types
 from emulator.core.memory import MiB
 from emulator.machine.qdev import parse_opts
@@ -98,7 +98,7 @@ class SeparateReports(ConfigError):
         self.reports = reports
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """A command-line error: ``vserial: <where>: <message>``, exit 1."""
 
     def __init__(self, where: str, message: str, reports: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from emulator.errors import ConfigError
+from emulator.errors import ConfigError, InputError, QMPError
 
 if TYPE_CHECKING:
     from emulator.core.chardev import Chardev
@@ -33,15 +33,8 @@ MAX_NESTING = 1024
 OUTPUT_HIGH_WATER = 16 * 1024 * 1024
 
 
-class QMPError(Exception):
-    def __init__(self, desc: str, cls: str = "GenericError") -> None:
-        super().__init__(desc)
-        self.desc = desc
-        self.cls = cls
-
-
-class ParseError(Exception):
-    pass
+class ParseError(InputError):
+    """Input that is not JSON as QEMU's parser reads it."""
 
 
 # --------------------------------------------------------------- JSON stream

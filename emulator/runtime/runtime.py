@@ -19,13 +19,13 @@ from emulator.runtime.agent import GuestAgent
 from emulator.io.backends import RingbufChardev
 from emulator.core.chardev import Chardev
 from emulator.core.effects import QmpEvent
-from emulator.errors import ConfigError
+from emulator.errors import ConfigError, QMPError
 from emulator.machine.machine import Machine
 from emulator.io.mainloop import MainLoop
 from emulator.core.memory import DEFAULT_RAM_SIZE
 from emulator.plugin.manager import Plugins, default_plugins
 from emulator.core.ports import VirtIOSerialPort
-from emulator.runtime.qmp import ChardevMonitor, Monitor, QMPError, qbase64_decode
+from emulator.runtime.qmp import ChardevMonitor, Monitor, qbase64_decode
 from emulator.core.trace import Trace
 
 VERSION = "0.1.0"
@@ -277,7 +277,7 @@ class Runtime:
         reg("guest-sync", self.qmp_guest_sync, {"id": ("int", True)})
         for name, handler in self.plugins.qmp_commands.items():
             if name in self.monitor.commands or name == "qmp_capabilities":
-                from emulator.plugin.manager import PluginError
+                from emulator.errors import PluginError
 
                 raise PluginError(f"QMP command '{name}' is already registered")
             reg(name, lambda args, h=handler: h(self, **args), None)

@@ -26,7 +26,7 @@ import pytest
 
 from emulator.runtime import cmdline as qemu_cli
 from emulator.errors import ConfigError
-from emulator.runtime.agent import AgentError
+from emulator.errors import AgentError
 from emulator.io.backends import RingbufChardev, SocketChardev
 from emulator.core.chardev import NullChardev
 from emulator.core.memory import MiB

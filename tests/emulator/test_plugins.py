@@ -21,7 +21,8 @@ from emulator.core.chardev import MemoryChardev, NullChardev
 from emulator.errors import ConfigError, GuestOSError
 from emulator.plugin.hookspecs import hookimpl
 from emulator.machine.machine import Machine
-from emulator.plugin.manager import AUTOLOAD_ENV, PLUGINS_ENV, PluginError, Plugins, make_plugin_manager
+from emulator.errors import PluginError
+from emulator.plugin.manager import AUTOLOAD_ENV, PLUGINS_ENV, Plugins, make_plugin_manager
 from emulator.core.ports import VirtConsole, VirtConsoleBase, VirtIOSerialPort, VirtSerialPort
 from emulator.runtime.runtime import Runtime
 from tests.plugins import echo_plugin
@@ -359,7 +360,7 @@ def test_x_echo_stats_qmp_command_counts_bytes_echoed() -> None:
         f.write(b"xyz")
         assert handler({}) == {"echoed": 5, "ports": {"e0": 5}}
         assert handler({"id": "e0"}) == {"echoed": 5, "pending": 0}
-        from emulator.runtime.qmp import QMPError
+        from emulator.errors import QMPError
 
         with pytest.raises(QMPError, match="Device 'nope' not found"):
             handler({"id": "nope"})

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emulator.runtime.qmp import JSONStreamer, ParseError, QMPError, check_args
+from emulator.errors import QMPError
+from emulator.runtime.qmp import JSONStreamer, ParseError, check_args
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),

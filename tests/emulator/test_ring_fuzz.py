@@ -31,7 +31,8 @@ from emulator.errors import GuestError
 from emulator.core.chardev import MemoryChardev
 from emulator.machine.machine import Machine
 from emulator.core.memory import GuestMemory
-from emulator.core.virtqueue import VIRTQUEUE_MAX_SIZE, Element, RingError, VirtQueue
+from emulator.core.virtqueue import VIRTQUEUE_MAX_SIZE, Element, VirtQueue
+from emulator.errors import RingError
 
 FUZZ = settings(
     max_examples=300,

@@ -22,7 +22,8 @@ from emulator.guest.kmalloc import Kmalloc
 from emulator.core.chardev import MemoryChardev
 from emulator.machine.machine import Machine
 from emulator.core.memory import PAGE_SIZE, GuestMemory
-from emulator.core.virtqueue import Element, RingError, VirtQueue, VirtQueueState
+from emulator.core.virtqueue import Element, VirtQueue, VirtQueueState
+from emulator.errors import RingError
 
 RAM = 1 << 20
 NUM = 8

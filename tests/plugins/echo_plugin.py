@@ -20,7 +20,7 @@ from typing import Any
 from emulator.plugin.hookspecs import hookimpl
 from emulator.machine.machine import Machine
 from emulator.core.ports import VirtConsoleBase, VirtIOSerialPort
-from emulator.runtime.qmp import QMPError
+from emulator.errors import QMPError
 
 # (hook name, machine, port or None, flag or None), in call order.
 EVENTS: list[tuple[str, Machine, VirtIOSerialPort | None, bool | None]] = []
