@@ -105,6 +105,11 @@ class AgentError(QMPError):
 
 
 # ---------------------------------------------------------------- state
+class RunStateError(VSerialError):
+    """A run-state change QEMU's transition table does not allow (QEMU
+    aborts: the caller asked for an impossible sequence)."""
+
+
 class StateError(VSerialError, ValueError):
     """A plain state record that cannot become a live object (a restore
     that raises it has changed nothing).  A ``ValueError`` too, as the

@@ -22,6 +22,7 @@ Theory of operation, in QEMU's terms:
 from __future__ import annotations
 
 import struct
+from typing import Protocol
 
 from emulator.core import control, vring
 from emulator.core.control import BAD_ID, CONTROL_HEADER, Event
@@ -30,15 +31,8 @@ from emulator.errors import ConfigError, GuestError
 from emulator.core.memory import GuestMemory
 from emulator.core.ports import VirtIOSerialPort
 from emulator.core.trace import Trace
+from emulator.core.virtio import STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET
 from emulator.core.virtqueue import Element, VirtQueue
-
-# Device status bits (virtio 1.x, 2.1).
-STATUS_ACKNOWLEDGE = 1
-STATUS_DRIVER = 2
-STATUS_DRIVER_OK = 4
-STATUS_FEATURES_OK = 8
-STATUS_NEEDS_RESET = 64
-STATUS_FAILED = 128
 
 DATA_QUEUE_SIZE = 128
 CONTROL_QUEUE_SIZE = 32
@@ -60,6 +54,20 @@ TRANSPORT_DRIVERS = {
 _CONFIG = struct.Struct("<HHII")  # cols, rows, max_nr_ports, emerg_wr
 
 
+class RunStateView(Protocol):
+    """Whether the VM runs, as the machine's run state says (QEMU's virtio
+    devices follow it through a VM change-state handler)."""
+
+    @property
+    def running(self) -> bool: ...
+
+
+class _AlwaysRunning:
+    """A device built alone (tests, tools) runs."""
+
+    running = True
+
+
 class VirtIOSerial:
     """One virtio-serial device with its bus of up to 511 ports."""
 
@@ -75,6 +83,7 @@ class VirtIOSerial:
         trace: Trace | None = None,
         siblings: list[VirtIOSerial] | None = None,
         index: int = 0,
+        vm: RunStateView | None = None,
     ) -> None:
         # virtio_serial_device_realize's checks, QEMU's words.
         if not max_ports:
@@ -104,7 +113,7 @@ class VirtIOSerial:
         self.guest_features = 0
         self.status = 0
         self.broken = False
-        self.vm_running = True
+        self.vm: RunStateView = vm if vm is not None else _AlwaysRunning()
         self.cols = 0
         self.rows = 0
         self.queues = [
@@ -119,6 +128,10 @@ class VirtIOSerial:
         self.effects: list[Effect] = []
         self.errors: list[str] = []
         self._interrupts = [Interrupt(i) for i in range(len(self.queues))]  # immutable, shared
+
+    @property
+    def vm_running(self) -> bool:
+        return self.vm.running
 
     # ------------------------------------------------------------------ effects
     def emit(self, effect: Effect) -> None:
@@ -215,6 +228,9 @@ class VirtIOSerial:
             port0.guest_connected = True
         if not status & STATUS_DRIVER_OK:
             self._guest_reset()
+
+    def queue_max_size(self, index: int) -> int:
+        return self.queues[index].max_size
 
     def configure_queue(self, index: int, size: int, desc: int, avail: int, used: int) -> None:
         """The transport's queue registers.  A queue that does not exist or a

@@ -15,16 +15,32 @@ them differ:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from emulator.core.chardev import Chardev
 from emulator.core.control import BAD_ID
-from emulator.core.effects import QmpEvent
+from emulator.core.effects import Effect, QmpEvent
+from emulator.core.virtqueue import Element
 from emulator.errors import ConfigError
 
-if TYPE_CHECKING:
-    from emulator.core.device import VirtIOSerial
-    from emulator.core.virtqueue import Element
+
+class PortBus(Protocol):
+    """What a port asks of the bus it is plugged into: QEMU's port code
+    calls virtio_serial_open/close, virtio_serial_throttle_port,
+    virtio_serial_write and virtio_serial_guest_ready on its VirtIOSerial.
+    The device implements it; a port never sees the device's internals."""
+
+    def port_host_open(self, port: VirtIOSerialPort) -> None: ...
+
+    def port_host_close(self, port: VirtIOSerialPort) -> None: ...
+
+    def throttle_port(self, port: VirtIOSerialPort, throttle: bool) -> None: ...
+
+    def port_guest_ready(self, port: VirtIOSerialPort) -> int: ...
+
+    def port_write(self, port: VirtIOSerialPort, data: bytes | memoryview) -> int: ...
+
+    def emit(self, effect: Effect) -> None: ...
 
 
 class VirtIOSerialPort:
@@ -53,7 +69,7 @@ class VirtIOSerialPort:
             if key not in self.extra_properties:
                 raise ConfigError(f"Property '{self.driver}.{key}' not found")
             setattr(self, key.replace("-", "_"), value)
-        self.device: VirtIOSerial | None = None
+        self.device: PortBus | None = None  # the bus while plugged
         self.id = nr
         self.guest_connected = False
         self.host_connected = False

@@ -31,21 +31,22 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 import attrs
 
 from emulator.core import control, vring
 from emulator.core.control import BAD_ID, CONTROL_HEADER, Event
-from emulator.core.device import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK
-from emulator.guest.driver_queue import DriverQueue
-from emulator.errors import GuestNotRunning, GuestOSError
-from emulator.guest.kmalloc import Kmalloc
 from emulator.core.memory import PAGE_SIZE
-
-if TYPE_CHECKING:
-    from emulator.core.device import VirtIOSerial
-    from emulator.machine.machine import Machine
+from emulator.core.virtio import (
+    STATUS_ACKNOWLEDGE,
+    STATUS_DRIVER,
+    STATUS_DRIVER_OK,
+    STATUS_FAILED,
+    STATUS_FEATURES_OK,
+)
+from emulator.errors import GuestNotRunning, GuestOSError
+from emulator.guest.driver_queue import DriverQueue
+from emulator.guest.kmalloc import Kmalloc
+from emulator.guest.platform import GuestPlatform, VirtioTransport
 
 VIRTCONS_MAX_PORTS = 0x8000
 MAX_WRITE = 32 * 1024
@@ -113,7 +114,7 @@ class GuestPort:
 class PortsDevice:
     """The driver instance bound to one virtio-serial device."""
 
-    def __init__(self, kernel: GuestKernel, dev: VirtIOSerial) -> None:
+    def __init__(self, kernel: GuestKernel, dev: VirtioTransport) -> None:
         self.kernel = kernel
         self.mem = kernel.mem
         self.dev = dev
@@ -132,7 +133,7 @@ class PortsDevice:
     def queue(self, index: int) -> DriverQueue:
         q = self.queues.get(index)
         if q is None:
-            num = self.dev.queues[index].max_size
+            num = self.dev.queue_max_size(index)
             q = DriverQueue(self.mem, self.kernel.kmalloc, index, num, bool(
                 self.features & (1 << vring.VIRTIO_RING_F_EVENT_IDX)))
             self.dev.configure_queue(index, num, q.desc, q.avail, q.used)
@@ -141,7 +142,7 @@ class PortsDevice:
 
     def kick(self, q: DriverQueue) -> None:
         if q.kick_needed(self.mem):
-            self.kernel.machine.notify_device(self.dev, q.index)
+            self.kernel.platform.notify_device(self.dev, q.index)
 
     # ---------------------------------------------------------------- probe
     def probe(self) -> None:
@@ -155,7 +156,7 @@ class PortsDevice:
         if self.multiport:
             self.max_nr_ports = int.from_bytes(dev.read_config(4, 4), "little")
             if not self.max_nr_ports or self.max_nr_ports > VIRTCONS_MAX_PORTS:
-                dev.set_status(128)  # FAILED: "Invalidate max_nr_ports"
+                dev.set_status(STATUS_FAILED)  # "Invalidate max_nr_ports"
                 raise _oserror(errno.EINVAL, f"virtio{self.index}: invalid max_nr_ports")
         # init_vqs: control queues now; port queues as ports appear.
         if self.multiport:
@@ -207,7 +208,7 @@ class PortsDevice:
         q = self.queues[3]
         self.mem.write(self.ctrl_tx_buf, CONTROL_HEADER.pack(port_id, event, value))
         q.add(self.mem, [(self.ctrl_tx_buf, CONTROL_HEADER.size)], [], "cpkt")
-        self.kernel.machine.notify_device(self.dev, 3)
+        self.kernel.platform.notify_device(self.dev, 3)
         # Linux spins on get_buf; the device consumed it during the kick
         # (or is broken, in which case Linux gives up too).
         q.get_buf(self.mem)
@@ -434,7 +435,7 @@ class GuestFile:
             raise _oserror(errno.EBADF, self.path)
         if self.kernel.dead:
             raise _oserror(errno.EIO, self.path)  # the guest was reset under the program
-        if not self.kernel.machine.running:
+        if not self.kernel.platform.running:
             raise GuestNotRunning()
 
     def read(self, count: int = 65536) -> bytes:
@@ -451,7 +452,7 @@ class GuestFile:
                 return b""
             raise _oserror(errno.EAGAIN, self.path)
         data = dev.fill_readbuf(port, count)
-        self.kernel.machine.pump()
+        self.kernel.platform.pump()
         return data
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -467,12 +468,12 @@ class GuestFile:
         if self.console:
             data = memoryview(data)[: PAGE_SIZE]
             n = dev.send_to_port(port, data, nonblock=False)
-            self.kernel.machine.pump()
+            self.kernel.platform.pump()
             return n
         if dev.will_write_block(port):
             raise _oserror(errno.EAGAIN, self.path)
         n = dev.send_to_port(port, memoryview(data)[:MAX_WRITE], reclaim=False)
-        self.kernel.machine.pump()
+        self.kernel.platform.pump()
         if n == 0:
             raise _oserror(errno.EAGAIN, self.path)
         return n
@@ -483,7 +484,7 @@ class GuestFile:
         if self.kernel.dead:
             self.closed = True
             return
-        if not self.kernel.machine.running:
+        if not self.kernel.platform.running:
             raise GuestNotRunning()
         self.closed = True
         self.kernel.release(self)
@@ -498,10 +499,10 @@ class GuestFile:
 class GuestKernel:
     """The guest OS: drivers, device nodes, sysfs and the file API."""
 
-    def __init__(self, machine: Machine, kmalloc_base: int = 1 << 20) -> None:
-        self.machine = machine
-        self.mem = machine.mem
-        self.kmalloc = Kmalloc(kmalloc_base, machine.mem.size)
+    def __init__(self, platform: GuestPlatform, kmalloc_base: int = 1 << 20) -> None:
+        self.platform = platform
+        self.mem = platform.mem
+        self.kmalloc = Kmalloc(kmalloc_base, platform.mem.size)
         self.portdevs: dict[int, PortsDevice] = {}
         self.nodes: dict[str, GuestPort] = {}  # /dev/vport0p1 -> port
         self.hvcs: dict[int, GuestPort] = {}
@@ -514,10 +515,10 @@ class GuestKernel:
     # ------------------------------------------------------------ bring-up
     def boot(self) -> None:
         self.booted = True
-        for dev in self.machine.devices:
+        for dev in self.platform.devices:
             self.probe(dev)
 
-    def probe(self, dev: VirtIOSerial) -> None:
+    def probe(self, dev: VirtioTransport) -> None:
         pd = PortsDevice(self, dev)
         self.portdevs[dev.index] = pd
         try:
@@ -526,13 +527,13 @@ class GuestKernel:
             self.log.append(f"virtio_console virtio{dev.index}: probe failed: {err}")
             del self.portdevs[dev.index]
 
-    def remove(self, dev: VirtIOSerial) -> None:
+    def remove(self, dev: VirtioTransport) -> None:
         """The device is hot-unplugged (ACPI eject): the driver lets go."""
         pd = self.portdevs.pop(dev.index, None)
         if pd is not None:
             pd.remove()
 
-    def interrupt(self, dev: VirtIOSerial, queue: int) -> None:
+    def interrupt(self, dev: VirtioTransport, queue: int) -> None:
         pd = self.portdevs.get(dev.index)
         if pd is not None and pd.probed:
             pd.interrupt(queue)
@@ -618,7 +619,7 @@ class GuestKernel:
 
     def open(self, path: str) -> GuestFile:
         """open(2) on a port node, a virtio-ports link or an hvc console."""
-        if not self.machine.running:
+        if not self.platform.running:
             raise GuestNotRunning()
         real = self.resolve(path)
         if real.startswith("/dev/hvc") and real[8:].isdigit():
@@ -641,7 +642,7 @@ class GuestKernel:
         pd.send_control(port.id, Event.PORT_OPEN, 1)
         f = GuestFile(self, path, port, console=False)
         self.open_files.append(f)
-        self.machine.pump()
+        self.platform.pump()
         return f
 
     def release(self, f: GuestFile) -> None:
@@ -655,12 +656,12 @@ class GuestKernel:
         port.guest_connected = False
         pd.discard_port_data(port)
         pd.reclaim_consumed_buffers(port)
-        self.machine.pump()
+        self.platform.pump()
 
     def emergency_write(self, dev_index: int, byte: int) -> None:
         """The early console path: write one byte through emerg_wr."""
-        if not self.machine.running:
+        if not self.platform.running:
             raise GuestNotRunning()
         pd = self.portdevs[dev_index]
         pd.dev.write_config(8, int(byte & 0xFF).to_bytes(4, "little"))
-        self.machine.pump()
+        self.platform.pump()

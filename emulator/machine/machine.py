@@ -1,49 +1,90 @@
 """A machine: guest RAM, virtio-serial devices, chardevs and the guest.
 
 The machine is the thin shell around the sans-IO core.  It owns what QEMU's
-qdev owns (device ids, bus names, the default-bus rule), routes guest kicks
-to devices and device interrupts to the guest, and turns device effects into
-QMP events and error reports.  It does no I/O of its own: ``pump()`` runs the
-guest's interrupt handlers until nothing is pending.
+qdev owns (device ids, bus names, the default-bus rule; QOM paths in
+``qom.py``, PCI slots in ``pci.py``, properties in ``qdev.py``), the one run
+state (``runstate.py``), routes guest kicks to devices and device
+interrupts to the guest, and turns device effects into QMP events and error
+reports.  It does no I/O of its own: ``pump()`` runs the guest's interrupt
+handlers until nothing is pending.
+
+Port types and the notifications plugins listen to come from a
+``MachineHooks`` object: the plugin manager in ``vserial run``, the built-in
+port types alone (``BuiltinPorts``) by default, so importing and building a
+machine loads no plugin machinery and no I/O.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from emulator.machine import qdev
 from emulator.core.chardev import Chardev, MemoryChardev
 from emulator.core.control import BAD_ID
 from emulator.core.device import DEFAULT_MAX_PORTS, TRANSPORT_DRIVERS, VirtIOSerial
 from emulator.core.effects import ConfigInterrupt, ErrorReport, Interrupt, PortChange, QmpEvent
+from emulator.core.memory import DEFAULT_RAM_SIZE, GuestMemory
+from emulator.core.ports import VirtConsole, VirtIOSerialPort, VirtSerialPort
+from emulator.core.trace import Trace
 from emulator.errors import ConfigError
 from emulator.guest.kernel import GuestKernel
-from emulator.core.memory import DEFAULT_RAM_SIZE, GuestMemory
-from emulator.plugin.manager import Plugins, default_plugins
-from emulator.core.ports import VirtIOSerialPort
-from emulator.core.trace import Trace
-
-
-def transport_types(driver: str) -> list[str]:
-    """The QOM types a virtio-serial transport is (for -global matching)."""
-    types = [driver]
-    if driver.startswith("virtio-serial-pci"):
-        types += ["virtio-serial-pci-base", "virtio-pci", "pci-device"]
-    return types + ["virtio-serial-device", "virtio-device", "device"]
-
-
-def port_types(cls: type[VirtIOSerialPort]) -> list[str]:
-    """A port type and its parents' driver names, then "device"."""
-    names = [str(c.__dict__["driver"]) for c in cls.__mro__ if isinstance(c.__dict__.get("driver"), str)]
-    return list(dict.fromkeys([cls.driver, *names, "virtio-serial-port", "device"]))
-
+from emulator.guest.platform import VirtioTransport
+from emulator.machine import pci, qdev
+from emulator.machine.qdev import port_types, transport_types
+from emulator.machine.qom import QomTree
+from emulator.machine.runstate import RunState, RunStateMachine
 
 # -M names -> the machine modelled: its buses decide which transports fit.
 MACHINE_TYPES = {
     "pc": "pc", "pc-i440fx-7.2": "pc", "q35": "q35", "pc-q35-7.2": "q35", "microvm": "microvm",
 }
+
+Device = VirtIOSerial | VirtIOSerialPort
+
+
+class MachineHooks(Protocol):
+    """Who answers port types and hears what happens to ports (the plugin
+    manager implements it; see emulator/plugin/hookspecs.py)."""
+
+    def port_type(self, driver: str) -> type[VirtIOSerialPort] | None:
+        """The port class for a ``-device`` driver name, or None."""
+        ...
+
+    def machine_created(self, machine: Machine) -> None: ...
+
+    def port_plugged(self, machine: Machine, port: VirtIOSerialPort) -> None: ...
+
+    def port_unplugged(self, machine: Machine, port: VirtIOSerialPort) -> None: ...
+
+    def guest_open(self, machine: Machine, port: VirtIOSerialPort, opened: bool) -> None: ...
+
+    def host_connection(self, machine: Machine, port: VirtIOSerialPort, connected: bool) -> None: ...
+
+
+class BuiltinPorts:
+    """virtconsole and virtserialport, and nobody listening."""
+
+    port_types: dict[str, type[VirtIOSerialPort]] = {c.driver: c for c in (VirtConsole, VirtSerialPort)}
+
+    def port_type(self, driver: str) -> type[VirtIOSerialPort] | None:
+        return self.port_types.get(driver)
+
+    def machine_created(self, machine: Machine) -> None:
+        pass
+
+    def port_plugged(self, machine: Machine, port: VirtIOSerialPort) -> None:
+        pass
+
+    def port_unplugged(self, machine: Machine, port: VirtIOSerialPort) -> None:
+        pass
+
+    def guest_open(self, machine: Machine, port: VirtIOSerialPort, opened: bool) -> None:
+        pass
+
+    def host_connection(self, machine: Machine, port: VirtIOSerialPort, connected: bool) -> None:
+        pass
 
 
 class Machine:
@@ -53,26 +94,26 @@ class Machine:
         *,
         name: str | None = None,
         trace: Trace | None = None,
-        plugins: Plugins | None = None,
+        plugins: MachineHooks | None = None,
         machine_type: str = "pc",
+        paused: bool = False,
     ) -> None:
         self.mem = GuestMemory(ram_size)
         self.name = name
         self.trace = trace if trace is not None else Trace()
-        self.plugins = plugins if plugins is not None else default_plugins()
+        self.plugins: MachineHooks = plugins if plugins is not None else BuiltinPorts()
         if machine_type not in MACHINE_TYPES:
             raise ConfigError("unsupported machine type\nUse -machine help to list supported machines")
         self.machine_type = MACHINE_TYPES[machine_type]
+        # The one run state: -S starts in prelaunch, otherwise the machine runs.
+        self.runstate = RunStateMachine(RunState.PRELAUNCH if paused else RunState.RUNNING)
         self.devices: list[VirtIOSerial] = []
         self.chardevs: dict[str, Chardev] = {}
-        self.qdev_ids: dict[str, VirtIOSerial | VirtIOSerialPort] = {}
-        self._anon_count = 0  # QEMU's peripheral-anon device[N] counter
-        self.anon: dict[str, VirtIOSerial | VirtIOSerialPort] = {}  # QOM path -> device
+        self.qom: QomTree[Device] = QomTree()
         self.globals: list[tuple[str, str, str]] = []  # -global driver.property=value
         self.defer: Callable[[Callable[[], None]], None] | None = None  # run later (the main loop)
         self.init_done = False  # cold plug finished: -global errors become warnings
         self._bus_auto_ids = 0
-        self.running = True
         self.events: list[QmpEvent] = []
         self.error_log: list[str] = []
         self.event_listeners: list[Callable[[QmpEvent], None]] = []
@@ -80,7 +121,24 @@ class Machine:
         self._pending: deque[tuple[VirtIOSerial, int]] = deque()
         self._pending_set: set[tuple[int, int]] = set()
         self._pumping = False
-        self.plugins.hook.vserial_machine_created(machine=self)
+        self.plugins.machine_created(self)
+
+    @property
+    def running(self) -> bool:
+        return self.runstate.running
+
+    # QOM bookkeeping, read by tools and tests under the names QEMU's users know.
+    @property
+    def qdev_ids(self) -> dict[str, Device]:
+        return self.qom.ids
+
+    @property
+    def anon(self) -> dict[str, Device]:
+        return self.qom.anon
+
+    @property
+    def _anon_count(self) -> int:
+        return self.qom.anon_count
 
     # ---------------------------------------------------------------- chardevs
     def chardev_add(self, chardev: Chardev) -> Chardev:
@@ -156,27 +214,12 @@ class Machine:
                 message = f"can't apply global {gdriver}.{prop}={value}: {err}"
                 if not self.init_done:
                     raise ConfigError(message) from None
-                import sys
-
                 print(f"vserial: warning: {message}", file=sys.stderr, flush=True)
                 continue
             props[prop] = value
 
-    def _take_anon_path(self, qdev_id: str | None) -> str | None:
-        """qdev_set_id: an id-less device becomes peripheral-anon/device[N]
-        as soon as it is created (after the driver and bus checks), so a
-        device_add that fails later still uses up its N, as in QEMU."""
-        if qdev_id is not None:
-            return None
-        path = f"/machine/peripheral-anon/device[{self._anon_count}]"
-        self._anon_count += 1
-        return path
-
-    @staticmethod
-    def qom_path(obj: VirtIOSerial | VirtIOSerialPort) -> str:
-        if obj.qdev_id is not None:
-            return f"/machine/peripheral/{obj.qdev_id}"
-        return str(getattr(obj, "anon_path", ""))
+    def qom_path(self, obj: Device) -> str:
+        return self.qom.path(obj, obj.qdev_id)
 
     def _check_transport(self, driver: str, qdev_id: str | None, props: dict[str, Any]) -> None:
         """What QEMU refuses at realize, and what vserial does not model."""
@@ -186,50 +229,9 @@ class Machine:
             raise ConfigError(f"Property '{driver}.packed': vserial models split virtqueues only")
         devfn = props.get("addr")
         if devfn is None and driver.startswith("virtio-serial-pci"):
-            # pci_bus_devfn: the lowest free slot, function 0
-            used = set(qdev.BUILTIN_PCI.get(self.machine_type, {})) | {
-                d.pci_devfn for d in self.devices if d.pci_devfn is not None
-            }
-            slot = next((s for s in range(32) if (s, 0) not in used and (s, 1) not in used), None)
-            if slot is None:
-                raise ConfigError(f"PCI: no slot/function available for {driver}, all in use or reserved")
-            props["_devfn"] = (slot, 0)
+            props["_devfn"] = pci.free_slot(self.machine_type, self.devices, driver)
         if devfn is not None:
-            owner = qdev.BUILTIN_PCI.get(self.machine_type, {}).get(devfn)
-            if owner is not None:
-                owner = f"{owner},id=(null)"
-            for other in self.devices:
-                if other.pci_devfn == devfn:
-                    owner = f"{other.driver},id={other.qdev_id or '(null)'}"
-            if owner is not None:
-                raise ConfigError(
-                    f"PCI: slot {devfn[0]} function {devfn[1]} not available for {driver}, in use by {owner}"
-                )
-            self._check_multifunction(devfn, bool(props.get("multifunction")))
-
-    def _check_multifunction(self, devfn: tuple[int, int], multifunction: bool) -> None:
-        """pci_init_multifunction: a slot's function 0 says whether the slot
-        may hold other functions."""
-        slot, fn = devfn
-        builtin = qdev.BUILTIN_PCI.get(self.machine_type, {})
-        # (the built-in PIIX3/ICH9-LPC are multifunction; the host bridges are not)
-        funcs: dict[int, bool] = {f: (s, 0) in builtin and any(b[0] == s and b[1] for b in builtin)
-                                  for (s, f) in builtin if s == slot}
-        for d in self.devices:
-            if d.pci_devfn is not None and d.pci_devfn[0] == slot:
-                funcs[d.pci_devfn[1]] = bool(d.transport_props.get("multifunction"))
-        if fn != 0 and 0 in funcs and not funcs[0]:
-            raise ConfigError(f"PCI: single function device can't be populated in function {slot:x}.{fn:x}")
-        if fn == 0 and not multifunction:
-            others = sorted(f for f in funcs if f)
-            if others:
-                raise ConfigError(
-                    f"PCI: {slot:x}.0 indicates single function, but {slot:x}.{others[0]:x} is already populated."
-                )
-
-    def _check_free_id(self, qdev_id: str | None) -> None:
-        if qdev_id is not None and qdev_id in self.qdev_ids:
-            raise ConfigError(f"Duplicate device ID '{qdev_id}'")
+            pci.check_devfn(self.machine_type, self.devices, driver, devfn, bool(props.get("multifunction")))
 
     def _add_serial_device(self, driver: str, qdev_id: str | None, props: dict[str, Any]) -> VirtIOSerial:
         values: dict[str, Any] = {"max_ports": DEFAULT_MAX_PORTS, "emergency-write": True}
@@ -245,8 +247,8 @@ class Machine:
                 if self.find_bus(str(bus)) is not None:
                     raise ConfigError(f"Device '{driver}' can't go on virtio-serial-bus bus")
                 raise ConfigError(f"Bus '{bus}' not found")
-        self._check_free_id(qdev_id)
-        anon_path = self._take_anon_path(qdev_id)
+        self.qom.check_free_id(qdev_id)
+        anon_path = self.qom.take_anon_path(qdev_id)
         transport: dict[str, Any] = {}
         for key, raw in props.items():
             kind = qdev.SERIAL_DEVICE_PROPERTIES.get(key)
@@ -275,8 +277,8 @@ class Machine:
             siblings=self.devices,
             # the guest's virtio index: the lowest free one (Linux's ida)
             index=min(set(range(len(self.devices) + 1)) - {d.index for d in self.devices}),
+            vm=self.runstate,
         )
-        dev.vm_running = self.running
         dev.pci_devfn = transport.pop("_devfn", None) or transport.get("addr")
         dev.transport_props = transport
         for prop, bit in (("event_idx", 29), ("indirect_desc", 28)):  # VIRTIO_RING_F_*
@@ -285,12 +287,7 @@ class Machine:
         if auto:
             self._bus_auto_ids += 1
         self.devices.append(dev)
-        if qdev_id is not None:
-            self.qdev_ids[qdev_id] = dev
-        else:
-            dev.anon_path = anon_path  # type: ignore[attr-defined]
-            assert anon_path is not None
-            self.anon[anon_path] = dev
+        self.qom.add(dev, qdev_id, anon_path)
         if self.guest.booted:
             self.guest.probe(dev)  # PCI hot-plug: the guest binds the driver
         self.pump()
@@ -309,8 +306,8 @@ class Machine:
             if not self.devices:
                 raise ConfigError(f"No 'virtio-serial-bus' bus found for device '{driver}'")
             dev = self.devices[-1]
-        self._check_free_id(qdev_id)
-        anon_path = self._take_anon_path(qdev_id)
+        self.qom.check_free_id(qdev_id)
+        anon_path = self.qom.take_anon_path(qdev_id)
         kwargs: dict[str, Any] = {"nr": BAD_ID}
         for key, raw in props.items():
             kind = qdev.PORT_PROPERTIES.get(key) or cls.extra_properties.get(key)
@@ -332,24 +329,21 @@ class Machine:
             kwargs[key] = value
         port = cls(qdev_id=qdev_id, **kwargs)
         dev.plug(port)
-        if qdev_id is not None:
-            self.qdev_ids[qdev_id] = port
-        else:
-            assert anon_path is not None
-            port.anon_path = anon_path  # type: ignore[attr-defined]
-            self.anon[anon_path] = port
-        self.plugins.hook.vserial_port_plugged(machine=self, port=port)
+        self.qom.add(port, qdev_id, anon_path)
+        self.plugins.port_plugged(self, port)
         self.pump()
         return port
 
-    def find_device(self, id_or_path: str) -> VirtIOSerial | VirtIOSerialPort | None:
+    def find_device(self, id_or_path: str) -> Device | None:
         """A device by qdev id or by QOM path (as device_del accepts)."""
-        obj = self.qdev_ids.get(id_or_path)
-        if obj is None and id_or_path.startswith("/machine/peripheral/"):
-            obj = self.qdev_ids.get(id_or_path[len("/machine/peripheral/") :])
-        if obj is None:
-            obj = self.anon.get(id_or_path)
-        return obj
+        return self.qom.find(id_or_path)
+
+    def bus_of(self, port: VirtIOSerialPort) -> VirtIOSerial | None:
+        """The virtio-serial device a port is plugged into."""
+        for dev in self.devices:
+            if dev.ports.get(port.id) is port:
+                return dev
+        return None
 
     def device_del(self, id_or_path: str) -> None:
         obj = self.find_device(id_or_path)
@@ -367,19 +361,18 @@ class Machine:
         self.pump()
 
     def _delete_port(self, port: VirtIOSerialPort) -> None:
-        assert port.device is not None
-        path = self.qom_path(port)
-        port.device.unplug(port)
-        self.plugins.hook.vserial_port_unplugged(machine=self, port=port)
-        self._deleted(port, path)
+        dev = self.bus_of(port)
+        assert dev is not None
+        dev.unplug(port)
+        self.plugins.port_unplugged(self, port)
+        self._deleted(port)
 
-    def _deleted(self, obj: VirtIOSerial | VirtIOSerialPort, path: str) -> None:
+    def _deleted(self, obj: Device) -> None:
         """Forget a device's id (or anonymous path) and say DEVICE_DELETED."""
+        path = self.qom.remove(obj, obj.qdev_id)
         if obj.qdev_id is not None:
-            del self.qdev_ids[obj.qdev_id]
             self._event(QmpEvent("DEVICE_DELETED", {"device": obj.qdev_id, "path": path}))
         else:
-            del self.anon[path]
             self._event(QmpEvent("DEVICE_DELETED", {"path": path}))
 
     def _request_eject(self) -> None:
@@ -412,7 +405,7 @@ class Machine:
             self._delete_port(port)
         path = self.qom_path(dev)
         self._event(QmpEvent("DEVICE_DELETED", {"path": f"{path}/virtio-backend"}))
-        self._deleted(dev, path)
+        self._deleted(dev)
         self.devices.remove(dev)
         self._pending = deque((d, q) for d, q in self._pending if d is not dev)
         self._pending_set = {(d.index, q) for d, q in self._pending}
@@ -433,6 +426,8 @@ class Machine:
         self.guest = GuestKernel(self)
         if self.running:
             self.guest.boot()
+        elif self.runstate.state not in (RunState.INMIGRATE, RunState.FINISH_MIGRATE):
+            self.runstate.set(RunState.PRELAUNCH)  # QEMU: a reset while not running leaves prelaunch
         self.pump()
 
     # ----------------------------------------------------------- guest face
@@ -443,26 +438,25 @@ class Machine:
         self.pump()
         self._request_eject()
 
-    def notify_device(self, dev: VirtIOSerial, queue: int) -> None:
+    def notify_device(self, dev: VirtioTransport, queue: int) -> None:
         """A guest kick, delivered synchronously as a vCPU exit would be."""
+        assert isinstance(dev, VirtIOSerial)
         dev.kick(queue)
         self._collect(dev)
 
     # ------------------------------------------------------------ run state
-    def stop(self) -> None:
+    def stop(self, state: RunState = RunState.PAUSED) -> None:
+        """vm_stop: only a running machine stops (and says STOP)."""
         if not self.running:
             return
-        self.running = False
-        for dev in self.devices:
-            dev.vm_running = False
+        self.runstate.set(state)
         self._event(QmpEvent("STOP", {}))
 
     def cont(self) -> None:
+        """vm_start: RESUME, then what waited for the guest runs."""
         if self.running:
             return
-        self.running = True
-        for dev in self.devices:
-            dev.vm_running = True
+        self.runstate.set(RunState.RUNNING)
         self._event(QmpEvent("RESUME", {}))
         self.pump()
         self._request_eject()
@@ -491,9 +485,9 @@ class Machine:
                 self.error_log.append(eff.message)
             elif isinstance(eff, PortChange):
                 if eff.side == "guest":
-                    self.plugins.hook.vserial_guest_open(machine=self, port=eff.port, opened=eff.connected)
+                    self.plugins.guest_open(self, eff.port, eff.connected)
                 else:
-                    self.plugins.hook.vserial_host_connection(machine=self, port=eff.port, connected=eff.connected)
+                    self.plugins.host_connection(self, eff.port, eff.connected)
             elif isinstance(eff, ConfigInterrupt):
                 pass  # the Linux driver only acts on resize, which QEMU never sends
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from emulator.core.ports import VirtIOSerialPort
 from emulator.errors import ConfigError, PluginError
 
 _ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*\Z")
@@ -149,11 +150,6 @@ PCI_PROPERTIES = {
     "modern-pio-notify": "bool", "page-per-vq": "bool", "ats": "bool", "aer": "bool", "acpi-index": "uint32",
     "failover_pair_id": "str", "x-disable-pcie": "bool", "class": "uint32",
 }
-# PCI functions the machine types have built in: (slot, function) -> device
-BUILTIN_PCI = {
-    "pc": {(0, 0): "i440FX", (1, 0): "PIIX3", (1, 1): "piix3-ide", (1, 3): "PIIX4_PM"},
-    "q35": {(0, 0): "mch", (0x1F, 0): "ICH9-LPC", (0x1F, 2): "ich9-ahci", (0x1F, 3): "ICH9-SMB"},
-}
 
 
 def convert_device_property(driver: str, name: str, kind: str, value: str) -> Any:
@@ -180,3 +176,17 @@ PCI_DEFAULTS: dict[str, object] = {
     "disable-legacy": "auto", "disable-modern": False, "migrate-extra": True, "modern-pio-notify": False,
     "page-per-vq": False, "ats": False, "aer": False, "acpi-index": 0, "x-disable-pcie": False, "class": 0,
 }
+
+
+def transport_types(driver: str) -> list[str]:
+    """The QOM types a virtio-serial transport is (for -global matching)."""
+    types = [driver]
+    if driver.startswith("virtio-serial-pci"):
+        types += ["virtio-serial-pci-base", "virtio-pci", "pci-device"]
+    return types + ["virtio-serial-device", "virtio-device", "device"]
+
+
+def port_types(cls: type[VirtIOSerialPort]) -> list[str]:
+    """A port type and its parents' driver names, then "device"."""
+    names = [str(c.__dict__["driver"]) for c in cls.__mro__ if isinstance(c.__dict__.get("driver"), str)]
+    return list(dict.fromkeys([cls.driver, *names, "virtio-serial-port", "device"]))

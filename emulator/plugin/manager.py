@@ -12,16 +12,15 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
-from emulator.plugin import builtin, hookspecs
+from emulator.core.ports import VirtIOSerialPort
 from emulator.errors import PluginError
-
-if TYPE_CHECKING:
-    from emulator.io.backends import Backend
-    from emulator.core.ports import VirtIOSerialPort
+from emulator.io.backend import Backend
+from emulator.machine.machine import Machine
+from emulator.plugin import builtin, hookspecs
 
 ENTRY_POINT_GROUP = "vserial"
 AUTOLOAD_ENV = "VSERIAL_DISABLE_PLUGIN_AUTOLOAD"
@@ -40,9 +39,6 @@ class Plugins:
         self._collect()
 
     def _collect(self) -> None:
-        from emulator.io.backends import Backend
-        from emulator.core.ports import VirtIOSerialPort
-
         for plugin_name, types in self._each("vserial_port_types"):
             for cls in types or []:
                 if not (isinstance(cls, type) and issubclass(cls, VirtIOSerialPort)):
@@ -77,14 +73,28 @@ class Plugins:
             yield impl.plugin_name, result
 
     def port_type(self, driver: str) -> type[VirtIOSerialPort] | None:
-        from emulator.core.ports import VirtIOSerialPort
-
         cls = self.port_types.get(driver)
         if cls is None:
             cls = self.pm.hook.vserial_port_type_for(driver=driver)
             if cls is not None and not (isinstance(cls, type) and issubclass(cls, VirtIOSerialPort)):
                 raise PluginError(f"vserial_port_type_for('{driver}') returned {cls!r}, not a port type")
         return cls
+
+    # -- the machine's hooks (emulator.machine.machine.MachineHooks) ------------
+    def machine_created(self, machine: Machine) -> None:
+        self.hook.vserial_machine_created(machine=machine)
+
+    def port_plugged(self, machine: Machine, port: VirtIOSerialPort) -> None:
+        self.hook.vserial_port_plugged(machine=machine, port=port)
+
+    def port_unplugged(self, machine: Machine, port: VirtIOSerialPort) -> None:
+        self.hook.vserial_port_unplugged(machine=machine, port=port)
+
+    def guest_open(self, machine: Machine, port: VirtIOSerialPort, opened: bool) -> None:
+        self.hook.vserial_guest_open(machine=machine, port=port, opened=opened)
+
+    def host_connection(self, machine: Machine, port: VirtIOSerialPort, connected: bool) -> None:
+        self.hook.vserial_host_connection(machine=machine, port=port, connected=connected)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from emulator.runtime.agent import GuestAgent
-from emulator.io.backends import RingbufChardev
+from emulator.io.char_ringbuf import RingbufChardev
 from emulator.core.chardev import Chardev
 from emulator.core.effects import QmpEvent
 from emulator.errors import ConfigError, QMPError
@@ -46,10 +46,10 @@ class Runtime:
         self.plugins = plugins if plugins is not None else default_plugins()
         self.loop = MainLoop()
         self.name = name
-        self.machine = Machine(ram_size, name=name, trace=trace, plugins=self.plugins, machine_type=machine_type)
-        self.machine.running = not paused
+        self.machine = Machine(
+            ram_size, name=name, trace=trace, plugins=self.plugins, machine_type=machine_type, paused=paused
+        )
         self.machine.defer = self.loop.call_soon
-        self.status = "prelaunch" if paused else "running"
         self.agent = GuestAgent(self.machine)
         self.monitor = Monitor(f"vserial {VERSION}")
         self.monitor.on_quit = self._quit_now
@@ -228,7 +228,6 @@ class Runtime:
     def cont(self) -> None:
         if self.machine.running:
             return
-        self.status = "running"
         self.machine.cont()
         if not self.machine.guest.booted:
             self.machine.boot()
@@ -237,7 +236,6 @@ class Runtime:
     def stop(self) -> None:
         if not self.machine.running:
             return
-        self.status = "paused"
         self.machine.stop()
 
     # ------------------------------------------------------------ QMP table
@@ -285,6 +283,11 @@ class Runtime:
     def qmp_query_status(self) -> dict[str, Any]:
         return {"status": self.status, "singlestep": False, "running": self.machine.running}
 
+    @property
+    def status(self) -> str:
+        """query-status's ``status``: the machine's run state."""
+        return self.machine.runstate.state.value
+
     def qmp_stop(self) -> dict[str, Any]:
         self.stop()
         return {}
@@ -303,8 +306,6 @@ class Runtime:
     def system_reset(self) -> None:
         self.agent.reset()
         self.machine.system_reset()
-        if not self.machine.running:
-            self.status = "prelaunch"  # QEMU: a reset while not running leaves prelaunch
         self.service()
 
     def qmp_quit(self) -> dict[str, Any]:
@@ -436,6 +437,7 @@ class Runtime:
             raise QMPError(f"Device '{path}' not found", "DeviceNotFound")
         if isinstance(obj, VirtIOSerialPort):
             type_name = obj.driver
+            bus = m.bus_of(obj)
             props: dict[str, Any] = {
                 key: getattr(obj, key.replace("-", "_"), None) for key in type(obj).extra_properties
             }
@@ -445,7 +447,7 @@ class Runtime:
                 "chardev": obj.chardev.id if obj.chardev else "",
                 "type": obj.driver,
                 "realized": True,
-                "parent_bus": (m.qom_path(obj.device) + f"/virtio-backend/{obj.device.bus_name}") if obj.device else "",
+                "parent_bus": (m.qom_path(bus) + f"/virtio-backend/{bus.bus_name}") if bus else "",
             }
         else:
             set_props = {k: v for k, v in obj.transport_props.items() if k != "addr"}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from emulator.core import control, vring
 from emulator.core.control import CONTROL_HEADER, ControlMessage
-from emulator.core.device import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VirtIOSerial
+from emulator.core.device import VirtIOSerial
+from emulator.core.virtio import STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK
 from emulator.guest.driver_queue import DriverQueue
 from emulator.guest.kmalloc import Kmalloc
 from emulator.core.memory import GuestMemory, MiB

@@ -10,7 +10,7 @@ import pytest
 
 from emulator.core.chardev import MemoryChardev, NullChardev
 from emulator.core.control import BAD_ID, ControlMessage, Event
-from emulator.core.device import STATUS_NEEDS_RESET
+from emulator.core.virtio import STATUS_NEEDS_RESET
 from emulator.machine.machine import Machine
 from emulator.core.trace import Trace
 

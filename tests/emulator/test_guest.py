@@ -15,7 +15,8 @@ import pytest
 from emulator.core import vring
 from emulator.core.chardev import MemoryChardev
 from emulator.core.control import Event
-from emulator.core.device import DATA_QUEUE_SIZE, STATUS_FAILED
+from emulator.core.device import DATA_QUEUE_SIZE
+from emulator.core.virtio import STATUS_FAILED
 from emulator.errors import ConfigError, GuestOSError
 from emulator.guest.kernel import MAX_WRITE, GuestPort
 from emulator.machine.machine import Machine

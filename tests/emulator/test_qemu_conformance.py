@@ -14,7 +14,7 @@ import pytest
 from emulator.core import vring
 from emulator.core.chardev import MemoryChardev
 from emulator.core.control import BAD_ID, Event
-from emulator.core.device import STATUS_NEEDS_RESET
+from emulator.core.virtio import STATUS_NEEDS_RESET
 from emulator.guest.driver_queue import DriverQueue
 from emulator.errors import ConfigError
 from emulator.machine.machine import Machine

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from emulator.core import vring
-from emulator.core.device import STATUS_FEATURES_OK, STATUS_NEEDS_RESET
+from emulator.core.virtio import STATUS_FEATURES_OK, STATUS_NEEDS_RESET
 from emulator.core.effects import ConfigInterrupt, ErrorReport
 from emulator.errors import GuestError
 from emulator.core.chardev import MemoryChardev

@@ -14,7 +14,8 @@ import attrs
 import pytest
 
 from emulator.core import vring
-from emulator.core.device import STATUS_NEEDS_RESET, VirtIOSerial
+from emulator.core.device import VirtIOSerial
+from emulator.core.virtio import STATUS_NEEDS_RESET
 from emulator.guest.driver_queue import DriverQueue
 from emulator.core.effects import ConfigInterrupt, ErrorReport, Interrupt
 from emulator.errors import GuestError, GuestOSError, MemoryAccessError
