@@ -126,7 +126,6 @@ class VirtIOSerial:
         self.ports_map = [0] * ((max_ports + 31) // 32)
         self.ports_map[0] |= 1
         self.effects: list[Effect] = []
-        self.errors: list[str] = []
         self._interrupts = [Interrupt(i) for i in range(len(self.queues))]  # immutable, shared
 
     @property
@@ -142,7 +141,8 @@ class VirtIOSerial:
         return out
 
     def error_report(self, message: str) -> None:
-        self.errors.append(message)
+        """QEMU's error_report(): the one channel is the ErrorReport effect
+        (the machine keeps them in ``error_log``)."""
         self.emit(ErrorReport(message))
 
     def _notify(self, vq: VirtQueue) -> None:
