@@ -19,12 +19,37 @@ for the guest with ``send``.  ``window`` simulates a slow reader.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from emulator.errors import ConfigError
 
-if TYPE_CHECKING:
-    from emulator.io.mainloop import MainLoop
+
+class IOLoop(Protocol):
+    """The main loop a backend with real I/O runs on (emulator/io/mainloop.py
+    implements it); the sans-IO core only names it."""
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_reader(self, fd: int) -> None: ...
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_writer(self, fd: int) -> None: ...
+
+    def add_hangup(self, fd: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_hangup(self, fd: int) -> None: ...
+
+    def has_reader(self, fd: int) -> bool: ...
+
+    def has_writer(self, fd: int) -> bool: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> int: ...
+
+    def cancel(self, handle: int) -> None: ...
+
+    def call_soon(self, callback: Callable[[], None]) -> None: ...
 
 
 class ChardevFrontend(Protocol):
@@ -64,7 +89,7 @@ class Chardev:
         return self.frontend is not None
 
     # -- life cycle (the runtime's main loop) -----------------------------------
-    def open(self, loop: MainLoop) -> None:
+    def open(self, loop: IOLoop) -> None:
         """Start I/O on ``loop``; raise ConfigError with QEMU's message if the
         backend cannot open.  In-process backends have nothing to do."""
 
