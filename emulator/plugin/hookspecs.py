@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from emulator.io.backends import Backend
+    from emulator.io.backend import Backend
     from emulator.machine.machine import Machine
     from emulator.core.ports import VirtIOSerialPort
 
@@ -75,7 +75,7 @@ def vserial_chardev_backends() -> list[Backend]:  # type: ignore[empty-body]
     """Return the ``-chardev`` backends this plugin provides.
 
     Called once per plugin manager.  Each entry is an
-    ``emulator.io.backends.Backend``: ``name`` (and ``aliases``) is the
+    ``emulator.io.backend.Backend``: ``name`` (and ``aliases``) is the
     ``-chardev`` kind and the QMP ``chardev-add`` backend type, ``options``
     its option names, ``create(id, opts)`` builds the ``Chardev`` and
     ``qmp_to_opts(data)`` maps a QMP backend ``data`` object to the same

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
-from emulator.io.backends import parse_size
+from emulator.io.backend import parse_size
 from emulator.core.device import TRANSPORT_DRIVERS
 from emulator.errors import ConfigError, InputError
 from emulator.machine.machine import port_types, transport_types

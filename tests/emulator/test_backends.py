@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from emulator.runtime import cmdline as qemu_cli
-from emulator.io.backends import SocketChardev, StdioChardev
+from emulator.io.char_socket import SocketChardev
+from emulator.io.char_stdio import StdioChardev
 from emulator.core.chardev import Chardev
 from emulator.core.ports import VirtIOSerialPort
 from emulator.runtime.runtime import Runtime

@@ -27,7 +27,8 @@ import pytest
 from emulator.runtime import cmdline as qemu_cli
 from emulator.errors import ConfigError
 from emulator.errors import AgentError
-from emulator.io.backends import RingbufChardev, SocketChardev
+from emulator.io.char_ringbuf import RingbufChardev
+from emulator.io.char_socket import SocketChardev
 from emulator.core.chardev import NullChardev
 from emulator.core.memory import MiB
 from emulator.runtime.runtime import Runtime

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from emulator.plugin import hookspecs
-from emulator.io.backends import Backend
+from emulator.io.backend import Backend
 from emulator.core.chardev import MemoryChardev, NullChardev
 from emulator.errors import ConfigError, GuestOSError
 from emulator.plugin.hookspecs import hookimpl

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from emulator.runtime import cmdline as qemu_cli
-from emulator.io.backends import SocketChardev
+from emulator.io.char_socket import SocketChardev
 from emulator.runtime.runtime import Runtime
 
 PORT_NAME = "org.review.0"
