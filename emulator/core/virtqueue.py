@@ -75,7 +75,15 @@ def _check_int(state: VirtQueueState, name: str, low: int, high: int) -> int:
 
 @attrs.define
 class VirtQueueState:
-    """Plain, untrusted record of a queue (what vmstate saves and loads)."""
+    """Plain, untrusted record of a queue (what vmstate saves and loads).
+
+    Its fields are the one list of a queue's state: the live queue's slots,
+    ``state()``, ``reset()`` and what ``from_state()`` copies are derived
+    from them (every field must also get a check in ``from_state()``; a test
+    tries a bad value in each).  A default is the value ``reset()`` leaves,
+    except ``size``, which returns to ``max_size``; ``index`` and
+    ``max_size`` name the queue and have none.
+    """
 
     index: int
     max_size: int
@@ -92,14 +100,33 @@ class VirtQueueState:
     event_idx: bool = False
 
 
+_STATE_FIELDS = tuple(a.name for a in attrs.fields(VirtQueueState))
+_RESET_VALUES = tuple(
+    (a.name, a.default) for a in attrs.fields(VirtQueueState) if a.default is not attrs.NOTHING
+)
+
+
 class VirtQueue:
     """Device side of one split virtqueue."""
 
-    __slots__ = (
-        "index", "max_size", "size", "desc_addr", "avail_addr", "used_addr", "ready",
-        "last_avail_idx", "shadow_avail_idx", "used_idx", "inuse", "signalled_used",
-        "signalled_used_valid", "event_idx",
-    )
+    # The slots are VirtQueueState's fields plus the cached guest avail
+    # index.  The annotations are for the type checker only; a test keeps
+    # them equal to the slots.
+    __slots__ = (*_STATE_FIELDS, "shadow_avail_idx")
+    index: int
+    max_size: int
+    size: int
+    desc_addr: int
+    avail_addr: int
+    used_addr: int
+    ready: bool
+    last_avail_idx: int
+    used_idx: int
+    inuse: int
+    signalled_used: int
+    signalled_used_valid: bool
+    event_idx: bool
+    shadow_avail_idx: int
 
     def __init__(self, index: int, max_size: int) -> None:
         if not vring.is_valid_size(max_size):
@@ -109,16 +136,12 @@ class VirtQueue:
         self.reset()
 
     def reset(self) -> None:
+        # Every field to VirtQueueState's default: no rings, indices at 0,
+        # and (virtio_reset clears the guest features) no EVENT_IDX.
+        for name, value in _RESET_VALUES:
+            setattr(self, name, value)
         self.size = self.max_size
-        self.desc_addr = self.avail_addr = self.used_addr = 0
-        self.ready = False
-        self.last_avail_idx = self.shadow_avail_idx = 0
-        self.used_idx = 0
-        self.inuse = 0
-        self.signalled_used = 0
-        self.signalled_used_valid = False
-        # virtio_reset clears the guest features, EVENT_IDX with them.
-        self.event_idx = False
+        self.shadow_avail_idx = 0
 
     # -- configuration (what the transport's queue registers set) -------------
     def configure(self, mem: GuestMemory, size: int, desc: int, avail: int, used: int) -> None:
@@ -140,20 +163,14 @@ class VirtQueue:
 
     # -- state records ---------------------------------------------------------
     def state(self) -> VirtQueueState:
-        return VirtQueueState(
-            index=self.index, max_size=self.max_size, size=self.size,
-            desc_addr=self.desc_addr, avail_addr=self.avail_addr, used_addr=self.used_addr,
-            ready=self.ready, last_avail_idx=self.last_avail_idx, used_idx=self.used_idx,
-            inuse=self.inuse, signalled_used=self.signalled_used,
-            signalled_used_valid=self.signalled_used_valid, event_idx=self.event_idx,
-        )
+        return VirtQueueState(**{name: getattr(self, name) for name in _STATE_FIELDS})
 
     @classmethod
     def from_state(cls, state: VirtQueueState, mem: GuestMemory) -> VirtQueue:
         """Build a live queue from an untrusted record, validating every field
         as ``configure`` would (virtio-queue's ``Queue::try_from``) plus
-        QEMU's ``virtio_load`` checks.  Any bad field raises ValueError and
-        nothing is built."""
+        QEMU's ``virtio_load`` checks.  Any bad field raises StateError (a
+        ValueError) and nothing is built."""
         _check_int(state, "index", 0, VIRTIO_QUEUE_MAX - 1)
         _check_int(state, "max_size", 1, vring.MAX_QUEUE_SIZE)
         if not vring.is_valid_size(state.max_size):
@@ -209,13 +226,10 @@ class VirtQueue:
                     raise StateError(f"virtqueue {state.index}: {name} set on a queue that is not ready")
             if state.signalled_used_valid:
                 raise StateError(f"virtqueue {state.index}: signalled_used_valid on a queue that is not ready")
-            q.size = size
-        q.last_avail_idx = q.shadow_avail_idx = state.last_avail_idx
-        q.used_idx = state.used_idx
-        q.inuse = state.inuse
-        q.signalled_used = state.signalled_used
-        q.signalled_used_valid = state.signalled_used_valid
-        q.event_idx = state.event_idx
+        # Every field checked: the queue takes the record as it is.
+        for name in _STATE_FIELDS:
+            setattr(q, name, getattr(state, name))
+        q.shadow_avail_idx = state.last_avail_idx
         return q
 
     # -- the avail side ----------------------------------------------------------

@@ -104,43 +104,107 @@ def registry() -> vmstate.Registry:
     return reg
 
 
+# -- how each saved field maps to the live objects ----------------------------
+#
+# A record's attrs fields (their order and types are the stream format) are
+# the list capture and restore go over.  What is not a plain copy between a
+# record field and the live attribute of the same name is said once here;
+# tests/emulator/test_state_records.py checks these tables against the
+# records and the live objects and names any field that has no entry.
+
+# VirtQueueState fields the stream does not carry, and where restore takes
+# them from.  Every other VirtQueueState field is a VirtQueueRecord field of
+# the same name: capture copies it from ``VirtQueue.state()``, restore back
+# into the state that ``VirtQueue.from_state`` validates.
+QUEUE_NOT_SAVED = {
+    "max_size": "the destination's queue, built from the same command line",
+    "event_idx": "the saved guest_features (VIRTIO_RING_F_EVENT_IDX)",
+}
+
+# Element slots the stream does not carry.
+ELEMENT_NOT_SAVED = {
+    "ndescs": "len(out_sg) + len(in_sg): each buffer came from one descriptor",
+}
+
+# What restore does with each saved port and device field.  Capture reads
+# every field from the live attribute of the same name, except the device's
+# ``bus`` (``bus_name``), ``ports_map`` (a bitmap of ``ports_map``'s words)
+# and the nested records.
+#   match    the destination's value must be the same (same command line)
+#   copy     written to the destination as saved
+#   compare  the destination keeps its own; if it differs, the guest is told
+#   keep     the destination keeps its own, unchecked
+#   rebuild  validated, then made a live object (queues, the held element)
+MATCH, COPY, COMPARE, KEEP, REBUILD = "match", "copy", "compare", "keep", "rebuild"
+
+PORT_ON_RESTORE = {
+    "id": MATCH,
+    "driver": MATCH,
+    "name": KEEP,
+    "guest_connected": COPY,
+    "host_connected": COMPARE,  # PORT_OPEN with the local value (post_load)
+    "iov_idx": COPY,
+    "iov_offset": COPY,
+    "elem": REBUILD,
+}
+
+DEVICE_ON_RESTORE = {
+    "bus": KEEP,
+    "max_ports": MATCH,
+    "host_features": MATCH,
+    "guest_features": COPY,  # once checked to be offered here
+    "status": COPY,
+    "broken": COPY,
+    "cols": COPY,
+    "rows": COPY,
+    "ports_map": MATCH,
+    "ports": REBUILD,
+    "queues": REBUILD,
+}
+
+_QUEUE_SAVED = tuple(a.name for a in attrs.fields(VirtQueueRecord))
+_PORT_READ = tuple(a.name for a in attrs.fields(PortRecord) if a.name != "elem")
+_PORT_COPIED = tuple(name for name, how in PORT_ON_RESTORE.items() if how == COPY)
+_DEVICE_READ = tuple(
+    a.name for a in attrs.fields(VirtIOSerialRecord) if a.name not in ("bus", "ports_map", "ports", "queues")
+)
+_DEVICE_COPIED = tuple(name for name, how in DEVICE_ON_RESTORE.items() if how == COPY)
+
+
 def _map_int(words: list[int]) -> int:
     return sum(w << (32 * i) for i, w in enumerate(words))
 
 
+def _element_record(e: Element) -> ElementRecord:
+    return ElementRecord(
+        head=e.head,
+        out_sg=[SgRecord(a, n) for a, n in e.out_sg],
+        in_sg=[SgRecord(a, n) for a, n in e.in_sg],
+    )
+
+
+def _live_element(er: ElementRecord) -> Element:
+    out = [(s.addr, s.len) for s in er.out_sg]
+    ins = [(s.addr, s.len) for s in er.in_sg]
+    return Element(er.head, out, ins, len(out) + len(ins))
+
+
 def capture(dev: VirtIOSerial) -> VirtIOSerialRecord:
     """The device's state as a plain record (nothing is changed)."""
-    ports = []
-    for p in dev.ports.values():  # plug order, as QEMU saves them
-        elem = None
-        if p.elem is not None:
-            elem = ElementRecord(
-                head=p.elem.head,
-                out_sg=[SgRecord(a, n) for a, n in p.elem.out_sg],
-                in_sg=[SgRecord(a, n) for a, n in p.elem.in_sg],
-            )
-        ports.append(
-            PortRecord(
-                id=p.id, driver=p.driver, name=p.name, guest_connected=p.guest_connected,
-                host_connected=p.host_connected,
-                iov_idx=p.iov_idx, iov_offset=p.iov_offset, elem=elem,
-            )
+    ports = [
+        PortRecord(
+            **{name: getattr(p, name) for name in _PORT_READ},
+            elem=None if p.elem is None else _element_record(p.elem),
         )
+        for p in dev.ports.values()  # plug order, as QEMU saves them
+    ]
     queues = []
     for q in dev.queues:
-        queues.append(
-            VirtQueueRecord(
-                index=q.index, size=q.size, ready=q.ready, desc_addr=q.desc_addr,
-                avail_addr=q.avail_addr, used_addr=q.used_addr, last_avail_idx=q.last_avail_idx,
-                used_idx=q.used_idx, inuse=q.inuse, signalled_used=q.signalled_used,
-                signalled_used_valid=q.signalled_used_valid,
-            )
-        )
+        st = q.state()
+        queues.append(VirtQueueRecord(**{name: getattr(st, name) for name in _QUEUE_SAVED}))
     return VirtIOSerialRecord(
-        bus=dev.bus_name, max_ports=dev.max_ports, host_features=dev.host_features,
-        guest_features=dev.guest_features, status=dev.status, broken=dev.broken,
-        cols=dev.cols, rows=dev.rows, ports_map=_map_int(dev.ports_map),
-        ports=ports, queues=queues,
+        **{name: getattr(dev, name) for name in _DEVICE_READ},
+        bus=dev.bus_name, ports_map=_map_int(dev.ports_map), ports=ports, queues=queues,
     )
 
 
@@ -188,11 +252,8 @@ def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord, ram: Any = None) -> None
     for i, qr in enumerate(rec.queues):
         local = dev.queues[i]
         state = VirtQueueState(
-            index=qr.index, max_size=local.max_size, size=qr.size, desc_addr=qr.desc_addr,
-            avail_addr=qr.avail_addr, used_addr=qr.used_addr, ready=qr.ready,
-            last_avail_idx=qr.last_avail_idx, used_idx=qr.used_idx, inuse=qr.inuse,
-            signalled_used=qr.signalled_used, signalled_used_valid=qr.signalled_used_valid,
-            event_idx=event_idx,
+            **{name: getattr(qr, name) for name in _QUEUE_SAVED},
+            max_size=local.max_size, event_idx=event_idx,
         )
         if qr.index != i:
             raise _fail(f"queues[{i}]/index", f"{qr.index} out of order")
@@ -212,19 +273,16 @@ def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord, ram: Any = None) -> None
     # Everything checked: apply.
     if mem is not live:
         live.assign(mem)
-    dev.guest_features = rec.guest_features
-    dev.status = rec.status
-    dev.broken = rec.broken
-    dev.cols, dev.rows = rec.cols, rec.rows
+    for name in _DEVICE_COPIED:
+        setattr(dev, name, getattr(rec, name))
     dev.queues = queues
     saved_host: dict[int, bool] = {}
     for pr in rec.ports:
         port = dev.ports[pr.id]
-        port.guest_connected = pr.guest_connected
+        for name in _PORT_COPIED:
+            setattr(port, name, getattr(pr, name))
         port.throttled = False
         port.elem = held[pr.id]
-        port.iov_idx = pr.iov_idx
-        port.iov_offset = pr.iov_offset
         saved_host[pr.id] = pr.host_connected
     # fetch_active_ports_list: a held element means "resume the flush".
     for pr in rec.ports:
@@ -250,9 +308,7 @@ def _element(pr: PortRecord, vq: VirtQueue, ram_size: int, path: str) -> Element
         pr.iov_idx < len(er.out_sg) and pr.iov_offset >= er.out_sg[pr.iov_idx].len
     ) or (pr.iov_idx == len(er.out_sg) and pr.iov_offset):
         raise _fail(f"{path}/iov_offset", f"position {pr.iov_idx}/{pr.iov_offset} is outside the element")
-    out = [(s.addr, s.len) for s in er.out_sg]
-    ins = [(s.addr, s.len) for s in er.in_sg]
-    return Element(er.head, out, ins, len(out) + len(ins))
+    return _live_element(er)
 
 
 def _post_load(dev: VirtIOSerial, saved_host: dict[int, bool]) -> None:
