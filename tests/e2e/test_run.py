@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from qemu.qmp import ExecuteError
 
-from .vm import ROOT, VM, recv_exactly
+from emulator.plugin.manager import AUTOLOAD_ENV, PLUGINS_ENV
+
+from .vm import ROOT, VM, VSERIAL_SCRIPT, recv_exactly
 
 BASE = (
     "-chardev", "socket,id=c1,path=@p1.sock,server=on,wait=off",
@@ -396,8 +398,8 @@ def test_slow_host_reader_throttles_the_port_and_loses_nothing() -> None:
 
 
 def test_a_plugin_port_type_runs_in_vserial_run() -> None:
-    """A third-party port type (tests/plugins/echo_plugin.py, loaded with
-    VSERIAL_PLUGINS) takes its own -device property, its own guest-data
+    """A third-party port type (plugins/vserial-echo, installed, loaded through
+    its entry point) takes its own -device property, its own guest-data
     behaviour and its own QMP command, through the real process."""
 
     async def body(vm: VM) -> None:
@@ -413,7 +415,40 @@ def test_a_plugin_port_type_runs_in_vserial_run() -> None:
         assert stats["echoed"] == len(b"< marco")
 
     run(body, "-device", "virtio-serial", "-device", "x-echoport,id=echo,name=org.test.echo,prefix=< ",
-        env={"VSERIAL_PLUGINS": "tests.plugins.echo_plugin"})
+        env={AUTOLOAD_ENV: "", PLUGINS_ENV: ""})
+
+
+def test_vserial_script_runs_the_echo_port_named_in_vserial_plugins() -> None:
+    """``vserial run -device x-echoport,...`` as a user types it, with
+    autoloading off and the plugin named in VSERIAL_PLUGINS: the echo comes
+    back prefixed, what the guest has no room for waits in the port until it
+    reads, and x-echo-stats counts every byte."""
+    writes = [os.urandom(16_000) for _ in range(40)]  # more than the guest's 128 x 4 KiB receive ring
+    echo = b"".join(b"# " + w for w in writes)  # one prefix per guest write (each fits one buffer)
+
+    async def body(vm: VM) -> None:
+        h = await vm.cmd("guest-file-open", {"path": "/dev/virtio-ports/org.test.echo", "mode": "r+"})
+        for w in writes:
+            await gwrite(vm, h, w)
+        stats = await vm.cmd("x-echo-stats", {"id": "echo0"})
+        assert stats["pending"] > 0, "the echo should be waiting for the guest to read"
+        assert stats["echoed"] + stats["pending"] == len(echo)
+        assert await gread_exactly(vm, h, len(echo)) == echo
+        assert await vm.cmd("x-echo-stats", {"id": "echo0"}) == {"echoed": len(echo), "pending": 0}
+        assert await vm.cmd("x-echo-stats") == {"echoed": len(echo), "ports": {"echo0": len(echo)}}
+        await vm.cmd("guest-file-close", {"handle": h})
+
+    run(body, "-device", "virtio-serial", "-device", "x-echoport,id=echo0,name=org.test.echo,prefix=# ",
+        env={AUTOLOAD_ENV: "1", PLUGINS_ENV: "vserial_echo"}, program=[VSERIAL_SCRIPT])
+
+
+def test_vserial_script_without_the_plugin_does_not_know_the_echo_port() -> None:
+    proc = subprocess.run(
+        [VSERIAL_SCRIPT, "run", "-device", "virtio-serial", "-device", "x-echoport,name=org.test.echo"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, AUTOLOAD_ENV: "1", PLUGINS_ENV: ""}, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == "vserial: -device x-echoport,name=org.test.echo: 'x-echoport' is not a valid device model name\n"
 
 
 def test_qmp_over_tcp() -> None:

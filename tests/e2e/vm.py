@@ -19,16 +19,23 @@ from typing import Any
 from qemu.qmp import QMPClient
 
 ROOT = Path(__file__).resolve().parents[2]
+# The ``vserial`` console script of the environment running the tests.
+VSERIAL_SCRIPT = str(Path(sys.executable).with_name("vserial"))
 
 
 class VM:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    """``vserial run ARGS -qmp unix:...``; ``@`` in ARGS stands for the VM's
+    own temporary directory.  ``program`` is what runs (``python -m
+    emulator.cli.main`` unless given, e.g. ``[VSERIAL_SCRIPT]``)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, program: list[str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="vs", dir="/tmp"))
         self.qmp_path = str(self.dir / "qmp.sock")
         self.args = [a.replace("@", str(self.dir) + "/") for a in args]
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        program = program or [sys.executable, "-m", "emulator.cli.main"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator.cli.main", "run", *self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off"],
+            [*program, "run", *self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,

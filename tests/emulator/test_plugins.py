@@ -1,10 +1,13 @@
 """The plugin system: the hooks of emulator/plugin/hookspecs.py, the plugin manager
 of emulator/plugin/manager.py, and plugins seen working inside a Machine and a
-Runtime (tests/plugins/echo_plugin.py is the example plugin)."""
+Runtime (plugins/vserial-echo, installed by the test command, is the example
+plugin)."""
 
 from __future__ import annotations
 
+import ast
 import errno
+import importlib.metadata
 import inspect
 import re
 import sys
@@ -14,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import vserial_echo
+from vserial_echo import EchoPort
 
-from emulator.plugin import hookspecs
+from emulator.plugin import api, hookspecs
 from emulator.io.backend import Backend
 from emulator.core.chardev import MemoryChardev, NullChardev
 from emulator.errors import ConfigError, GuestOSError
@@ -25,11 +30,10 @@ from emulator.errors import PluginError
 from emulator.plugin.manager import AUTOLOAD_ENV, PLUGINS_ENV, Plugins, make_plugin_manager
 from emulator.core.ports import VirtConsole, VirtConsoleBase, VirtIOSerialPort, VirtSerialPort
 from emulator.runtime.runtime import Runtime
-from tests.plugins import echo_plugin
-from tests.plugins.echo_plugin import EchoPort
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "plugins.md"
+ECHO_DIST = ROOT / "plugins" / "vserial-echo"
 BUILTIN_BACKENDS = ["null", "socket", "file", "pipe", "stdio", "ringbuf", "memory"]
 
 
@@ -40,11 +44,42 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PLUGINS_ENV, raising=False)
 
 
+class HookRecorder:
+    """A throwaway plugin: every notification hook call is appended to
+    ``events`` as (hook name, machine, port or None, flag or None)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Machine, VirtIOSerialPort | None, bool | None]] = []
+
+    @hookimpl
+    def vserial_machine_created(self, machine: Machine) -> None:
+        self.events.append(("machine_created", machine, None, None))
+
+    @hookimpl
+    def vserial_port_plugged(self, machine: Machine, port: VirtIOSerialPort) -> None:
+        self.events.append(("port_plugged", machine, port, None))
+
+    @hookimpl
+    def vserial_port_unplugged(self, machine: Machine, port: VirtIOSerialPort) -> None:
+        self.events.append(("port_unplugged", machine, port, None))
+
+    @hookimpl
+    def vserial_guest_open(self, machine: Machine, port: VirtIOSerialPort, opened: bool) -> None:
+        self.events.append(("guest_open", machine, port, opened))
+
+    @hookimpl
+    def vserial_host_connection(self, machine: Machine, port: VirtIOSerialPort, connected: bool) -> None:
+        self.events.append(("host_connection", machine, port, connected))
+
+
 @pytest.fixture
-def events() -> Iterator[list[Any]]:
-    echo_plugin.EVENTS.clear()
-    yield echo_plugin.EVENTS
-    echo_plugin.EVENTS.clear()
+def recorder() -> HookRecorder:
+    return HookRecorder()
+
+
+def echo_plugins(*more: object) -> Plugins:
+    """The built-ins and vserial-echo (plus ``more``), without autoloading."""
+    return make_plugin_manager([vserial_echo, *more], autoload=False)
 
 
 def plugin_module(name: str, **hooks: Any) -> types.ModuleType:
@@ -59,7 +94,7 @@ def plugin_module(name: str, **hooks: Any) -> types.ModuleType:
 def echo_machine(plugins: Plugins | None = None, **props: str) -> Machine:
     """A booted machine with one virtio-serial device and an x-echoport
     named "echo" (qdev id e0)."""
-    m = Machine(plugins=plugins or make_plugin_manager([echo_plugin], autoload=False))
+    m = Machine(plugins=plugins or echo_plugins())
     m.device_add({"driver": "virtio-serial", "id": "vser0"})
     m.device_add({"driver": "x-echoport", "name": "echo", "id": "e0", **props})
     m.boot()
@@ -279,9 +314,9 @@ def test_port_type_for_returning_a_non_port_type_is_a_plugin_error() -> None:
 
 
 def test_echo_plugin_registers_its_port_type_and_qmp_command() -> None:
-    p = make_plugin_manager([echo_plugin], autoload=False)
+    p = echo_plugins()
     assert p.port_types["x-echoport"] is EchoPort
-    assert p.qmp_commands == {"x-echo-stats": echo_plugin.echo_stats}
+    assert p.qmp_commands == {"x-echo-stats": vserial_echo.echo_stats}
     assert set(p.port_types) == {"virtconsole", "virtserialport", "x-echoport"}
 
 
@@ -347,7 +382,7 @@ def test_echo_port_unknown_property_gives_qemus_message() -> None:
 
 
 def test_x_echo_stats_qmp_command_counts_bytes_echoed() -> None:
-    rt = Runtime(plugins=make_plugin_manager([echo_plugin], autoload=False))
+    rt = Runtime(plugins=echo_plugins())
     try:
         handler, spec = rt.monitor.commands["x-echo-stats"]
         assert spec is None
@@ -378,8 +413,9 @@ def test_plugin_qmp_command_cannot_replace_a_builtin_command() -> None:
 # -------------------------------------------------- notification hooks
 
 
-def test_notification_hooks_fire_in_order_with_their_arguments(events: list[Any]) -> None:
-    m = Machine(plugins=make_plugin_manager([echo_plugin], autoload=False))
+def test_notification_hooks_fire_in_order_with_their_arguments(recorder: HookRecorder) -> None:
+    events = recorder.events
+    m = Machine(plugins=echo_plugins(recorder))
     assert events == [("machine_created", m, None, None)]
     m.device_add({"driver": "virtio-serial", "id": "vser0"})
     assert len(events) == 1  # the transport device is not a port
@@ -418,8 +454,9 @@ def test_port_plugged_sees_the_final_id_and_unplugged_has_no_bus() -> None:
     assert seen == [("plugged", 0, True), ("plugged", 1, True), ("unplugged", 1, False)]
 
 
-def test_host_connection_follows_a_chardev_and_guest_open_a_console(events: list[Any]) -> None:
-    m = Machine(plugins=make_plugin_manager([echo_plugin], autoload=False))
+def test_host_connection_follows_a_chardev_and_guest_open_a_console(recorder: HookRecorder) -> None:
+    events = recorder.events
+    m = Machine(plugins=echo_plugins(recorder))
     m.chardev_add(MemoryChardev("c0", connected=False))
     m.chardev_add(MemoryChardev("con"))
     m.device_add({"driver": "virtio-serial"})
@@ -437,8 +474,9 @@ def test_host_connection_follows_a_chardev_and_guest_open_a_console(events: list
     ]
 
 
-def test_guest_reset_reports_the_port_closed(events: list[Any]) -> None:
-    m = echo_machine()
+def test_guest_reset_reports_the_port_closed(recorder: HookRecorder) -> None:
+    events = recorder.events
+    m = echo_machine(echo_plugins(recorder))
     port = m.port("e0")
     m.guest.open("/dev/virtio-ports/echo")
     del events[:]
@@ -505,19 +543,19 @@ def test_entry_point_plugin_works_in_a_machine(fake_dist: str) -> None:
 
 
 def test_vserial_plugins_env_loads_the_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(PLUGINS_ENV, "tests.plugins.echo_plugin")
+    monkeypatch.setenv(PLUGINS_ENV, "vserial_echo")
     p = make_plugin_manager(autoload=False)
     assert p.port_types["x-echoport"] is EchoPort
     assert "x-echo-stats" in p.qmp_commands
-    assert p.names() == ["vserial.builtin", "tests.plugins.echo_plugin"]
+    assert p.names() == ["vserial.builtin", "vserial_echo"]
 
 
 def test_vserial_plugins_env_takes_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
     extra = plugin_module("vserial_test_extra_mod", vserial_qmp_commands=lambda: {"x-extra": lambda rt: 0})
     monkeypatch.setitem(sys.modules, "vserial_test_extra_mod", extra)
-    monkeypatch.setenv(PLUGINS_ENV, " tests.plugins.echo_plugin , ,vserial_test_extra_mod,tests.plugins.echo_plugin")
+    monkeypatch.setenv(PLUGINS_ENV, " vserial_echo , ,vserial_test_extra_mod,vserial_echo")
     p = make_plugin_manager(autoload=False)
-    assert p.names() == ["vserial.builtin", "tests.plugins.echo_plugin", "vserial_test_extra_mod"]
+    assert p.names() == ["vserial.builtin", "vserial_echo", "vserial_test_extra_mod"]
     assert set(p.qmp_commands) == {"x-echo-stats", "x-extra"}
 
 
@@ -527,6 +565,123 @@ def test_vserial_plugins_naming_an_entry_point_module_loads_it_once(
     monkeypatch.setenv(PLUGINS_ENV, fake_dist)
     p = make_plugin_manager()
     assert "x-fake" in p.port_types
+
+
+def test_installed_vserial_echo_is_autoloaded_through_its_entry_point() -> None:
+    eps = [ep for ep in importlib.metadata.entry_points(group="vserial") if ep.dist and ep.dist.name == "vserial-echo"]
+    assert [(ep.name, ep.value) for ep in eps] == [("vserial_echo", "vserial_echo")]
+    p = make_plugin_manager()
+    assert "vserial_echo" in p.names()  # registered under the entry point's name
+    assert p.port_types["x-echoport"] is EchoPort
+    assert p.qmp_commands["x-echo-stats"] is vserial_echo.echo_stats
+
+
+def test_disable_autoload_env_leaves_the_installed_vserial_echo_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    p = make_plugin_manager()
+    assert p.names() == ["vserial.builtin"]
+    assert "x-echoport" not in p.port_types and "x-echo-stats" not in p.qmp_commands
+
+
+def test_vserial_plugins_naming_the_autoloaded_vserial_echo_registers_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PLUGINS_ENV, "vserial_echo")
+    p = make_plugin_manager()
+    assert p.names().count("vserial_echo") == 1
+    assert p.port_types["x-echoport"] is EchoPort
+
+
+def test_autoloaded_echo_port_runs_in_a_machine() -> None:
+    m = Machine(plugins=make_plugin_manager())
+    m.device_add({"driver": "virtio-serial"})
+    port = m.device_add({"driver": "x-echoport", "name": "echo", "prefix": "= "})
+    assert isinstance(port, EchoPort)
+    m.boot()
+    f = m.guest.open("/dev/virtio-ports/echo")
+    f.write(b"auto")
+    assert f.read() == b"= auto"
+
+
+# ------------------------------------------------------- the plugin API
+
+
+VSERIAL_PACKAGES = ("emulator", "vmstate")
+
+
+def vserial_imports(text: str, filename: str) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(line, module, names) of every import of a vserial package in ``text``."""
+    found = []
+    for node in ast.walk(ast.parse(text, filename)):
+        if isinstance(node, ast.Import):
+            mods = [(alias.name, ()) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods = [(node.module, tuple(alias.name for alias in node.names))]
+        else:
+            continue
+        for mod, names in mods:
+            if mod.split(".")[0] in VSERIAL_PACKAGES:
+                found.append((node.lineno, mod, names))
+    return found
+
+
+def plugin_sources() -> list[Path]:
+    return sorted(
+        path
+        for path in (ROOT / "plugins").rglob("*.py")
+        if not any(part.endswith(".egg-info") or part in ("build", "__pycache__") for part in path.parts)
+    )
+
+
+def test_plugin_distributions_import_nothing_of_vserial_but_the_plugin_api() -> None:
+    sources = plugin_sources()
+    assert ECHO_DIST / "vserial_echo" / "__init__.py" in sources
+    used: set[str] = set()
+    for source in sources:
+        for line, module, names in vserial_imports(source.read_text(), str(source)):
+            where = f"{source.relative_to(ROOT)}:{line}"
+            assert module == "emulator.plugin.api", f"{where} imports {module}"
+            assert "*" not in names, f"{where}: a star import hides what the plugin uses"
+            used.update(names)
+    assert used, "the plugins import nothing from emulator.plugin.api"
+    assert used <= set(api.__all__), f"not in emulator.plugin.api.__all__: {used - set(api.__all__)}"
+
+
+def test_docs_example_plugin_imports_nothing_of_vserial_but_the_plugin_api() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    source = next(b for b in blocks if b.startswith("# myports/plugin.py"))
+    imports = vserial_imports(source, "docs/plugins.md:plugin")
+    assert imports and {module for _, module, _ in imports} == {"emulator.plugin.api"}
+    assert {name for _, _, names in imports for name in names} <= set(api.__all__)
+
+
+def test_plugin_api_exports_the_objects_the_emulator_itself_uses() -> None:
+    from emulator.core import chardev, effects, ports
+    from emulator import errors
+    from emulator.machine import machine, qdev
+
+    homes = {
+        "hookimpl": hookspecs,
+        "VirtIOSerialPort": ports,
+        "VirtConsoleBase": ports,
+        "Chardev": chardev,
+        "QmpEvent": effects,
+        "Machine": machine,
+        "convert": qdev,
+        "ConfigError": errors,
+        "QMPError": errors,
+        "PluginError": errors,
+    }
+    assert sorted(api.__all__) == sorted([*homes, "Backend"])
+    for name, home in homes.items():
+        assert getattr(api, name) is getattr(home, name), name
+    assert api.Backend is Backend
+    assert api.__doc__ and "plugin authors" in api.__doc__
+
+
+def test_echo_readme_example_runs() -> None:
+    readme = (ECHO_DIST / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "plugins/vserial-echo/README.md", "exec"), {})
 
 
 # ------------------------------------------------------------------ docs

@@ -1,35 +1,31 @@
-"""An example vserial plugin, used by tests/emulator/test_plugins.py.
+"""vserial-echo: a port type that is its own host program.
 
-* port type ``x-echoport``: a serial port that is its own host program.  It
-  is host-open from realize on and echoes everything the guest writes back
-  to the guest, each write preceded by its ``prefix`` property.  What the
-  guest cannot take yet (port closed, receive ring full) waits in
-  ``pending`` and goes out when the guest adds buffers or reopens the port.
+* port type ``x-echoport``: a serial port that is host-open from realize on
+  and echoes everything the guest writes back to the guest, each write
+  preceded by its ``prefix`` property.  What the guest cannot take yet (port
+  closed, receive ring full) waits in ``pending`` and goes out when the guest
+  adds buffers or reopens the port.
 * QMP command ``x-echo-stats``: bytes echoed, per port and in total.
-* notification hooks: every call is appended to ``EVENTS``.
 
-Load it with ``VSERIAL_PLUGINS=tests.plugins.echo_plugin`` or
-``make_plugin_manager([echo_plugin])``.
+Installed, it loads through the ``vserial`` entry point; otherwise name it in
+``VSERIAL_PLUGINS=vserial_echo`` or pass the module to ``make_plugin_manager``.
+It uses vserial through ``emulator.plugin.api`` only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-from emulator.plugin.hookspecs import hookimpl
-from emulator.machine.machine import Machine
-from emulator.core.ports import VirtConsoleBase, VirtIOSerialPort
-from emulator.errors import QMPError
+from emulator.plugin.api import Machine, QMPError, VirtConsoleBase, VirtIOSerialPort, hookimpl
 
-# (hook name, machine, port or None, flag or None), in call order.
-EVENTS: list[tuple[str, Machine, VirtIOSerialPort | None, bool | None]] = []
+__all__ = ["EchoPort", "echo_stats"]
 
 
 class EchoPort(VirtConsoleBase):
     driver = "x-echoport"
     is_console = False
-    extra_properties = {"prefix": "str"}
+    extra_properties: ClassVar[dict[str, str]] = {"prefix": "str"}
     prefix = ""  # the default of the "prefix" property
 
     def __init__(self, **kwargs: Any) -> None:
@@ -51,7 +47,8 @@ class EchoPort(VirtConsoleBase):
     def flush(self) -> None:
         if self.device is None or not self.guest_connected or not self.pending:
             return
-        n = self.device.port_write(self, self.pending)
+        with memoryview(self.pending) as view:  # released before the buffer shrinks
+            n = self.device.port_write(self, view)
         del self.pending[:n]
         self.echoed += n
 
@@ -65,7 +62,15 @@ class EchoPort(VirtConsoleBase):
         self.flush()
 
 
-def echo_stats(runtime: Any, id: str | None = None) -> dict[str, Any]:
+class Runtime(Protocol):
+    """What a QMP command handler is handed (vserial's runtime), as far as
+    ``x-echo-stats`` uses it."""
+
+    @property
+    def machine(self) -> Machine: ...
+
+
+def echo_stats(runtime: Runtime, id: str | None = None) -> dict[str, Any]:
     """``x-echo-stats [id]``: {"echoed": N, "pending": M} for one port, or
     {"echoed": total, "ports": {qom path or id: N}} for all."""
     machine = runtime.machine
@@ -89,28 +94,3 @@ def vserial_port_types() -> list[type[VirtIOSerialPort]]:
 @hookimpl
 def vserial_qmp_commands() -> dict[str, Callable[..., Any]]:
     return {"x-echo-stats": echo_stats}
-
-
-@hookimpl
-def vserial_machine_created(machine: Machine) -> None:
-    EVENTS.append(("machine_created", machine, None, None))
-
-
-@hookimpl
-def vserial_port_plugged(machine: Machine, port: VirtIOSerialPort) -> None:
-    EVENTS.append(("port_plugged", machine, port, None))
-
-
-@hookimpl
-def vserial_port_unplugged(machine: Machine, port: VirtIOSerialPort) -> None:
-    EVENTS.append(("port_unplugged", machine, port, None))
-
-
-@hookimpl
-def vserial_guest_open(machine: Machine, port: VirtIOSerialPort, opened: bool) -> None:
-    EVENTS.append(("guest_open", machine, port, opened))
-
-
-@hookimpl
-def vserial_host_connection(machine: Machine, port: VirtIOSerialPort, connected: bool) -> None:
-    EVENTS.append(("host_connection", machine, port, connected))
