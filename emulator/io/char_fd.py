@@ -17,8 +17,7 @@ import os
 import termios
 import time
 
-from emulator.core.chardev import Chardev
-from emulator.io.mainloop import MainLoop
+from emulator.core.chardev import Chardev, IOLoop
 
 READ_CHUNK = 1 << 16
 
@@ -33,7 +32,7 @@ class StreamChardev(Chardev):
 
     def __init__(self, chardev_id: str) -> None:
         super().__init__(chardev_id)
-        self.loop: MainLoop | None = None
+        self.loop: IOLoop | None = None
         self.in_fd: int | None = None
         self.out_fd: int | None = None
         self._write_watch = False
@@ -41,7 +40,7 @@ class StreamChardev(Chardev):
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def open(self, loop: MainLoop) -> None:
+    def open(self, loop: IOLoop) -> None:
         self.loop = loop
 
     # -- input -------------------------------------------------------------------

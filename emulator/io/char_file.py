@@ -8,11 +8,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from emulator.core.chardev import Chardev
+from emulator.core.chardev import Chardev, IOLoop
 from emulator.errors import ConfigError
 from emulator.io.backend import _OPEN_ERRORS, Backend, _bool_opt, _strerror
 from emulator.io.char_fd import StreamChardev
-from emulator.io.mainloop import MainLoop
 
 
 class FileChardev(StreamChardev):
@@ -27,7 +26,7 @@ class FileChardev(StreamChardev):
         self.write_error = ""
         self.dropped = 0
 
-    def open(self, loop: MainLoop) -> None:
+    def open(self, loop: IOLoop) -> None:
         super().open(loop)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC)
         try:

@@ -7,11 +7,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from emulator.core.chardev import Chardev
+from emulator.core.chardev import Chardev, IOLoop
 from emulator.errors import ConfigError
 from emulator.io.backend import _OPEN_ERRORS, Backend, _strerror
 from emulator.io.char_fd import StreamChardev
-from emulator.io.mainloop import MainLoop
 
 
 class PipeChardev(StreamChardev):
@@ -25,7 +24,7 @@ class PipeChardev(StreamChardev):
         self.path = path
         self._fds: list[int] = []
 
-    def open(self, loop: MainLoop) -> None:
+    def open(self, loop: IOLoop) -> None:
         super().open(loop)
         try:
             fd_in = os.open(self.path + ".in", os.O_RDWR | os.O_NONBLOCK)

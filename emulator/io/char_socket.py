@@ -11,11 +11,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from emulator.core.chardev import Chardev
+from emulator.core.chardev import Chardev, IOLoop
 from emulator.errors import ConfigError
 from emulator.io.backend import _OPEN_ERRORS, Backend, _bool_opt, _strerror
 from emulator.io.char_fd import StreamChardev
-from emulator.io.mainloop import MainLoop
 from emulator.machine.qdev import convert
 
 
@@ -59,7 +58,7 @@ class SocketChardev(StreamChardev):
     def _where(self) -> str:
         return self.path if self.path is not None else f"{self.host}:{self.port}"
 
-    def open(self, loop: MainLoop) -> None:
+    def open(self, loop: IOLoop) -> None:
         super().open(loop)
         if self.server:
             self._listen()

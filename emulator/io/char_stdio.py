@@ -7,11 +7,10 @@ import os
 from collections.abc import Mapping
 from typing import ClassVar
 
-from emulator.core.chardev import Chardev
+from emulator.core.chardev import Chardev, IOLoop
 from emulator.errors import ConfigError
 from emulator.io.backend import Backend, _bool_opt
 from emulator.io.char_fd import StreamChardev
-from emulator.io.mainloop import MainLoop
 
 
 class StdioChardev(StreamChardev):
@@ -24,7 +23,7 @@ class StdioChardev(StreamChardev):
         super().__init__(chardev_id)
         self.signal = signal
 
-    def open(self, loop: MainLoop) -> None:
+    def open(self, loop: IOLoop) -> None:
         if StdioChardev.in_use_by is not None:
             raise ConfigError("cannot use stdio by multiple character devices")
         super().open(loop)
