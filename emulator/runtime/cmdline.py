@@ -20,10 +20,14 @@ Accepted, with QEMU's spellings and messages:
 As in QEMU, every option is checked first, then chardevs and monitors are
 created, then devices in command-line order; the first error prints
 ``vserial: -OPTION ARG: MESSAGE`` and exits 1 before the machine starts.
+
+Each option is declared once, in ``OPTIONS``: whether it takes an argument,
+and the handler that records it in this run's ``CommandLine``.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import re
@@ -31,35 +35,18 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
-from emulator.io.backend import parse_size
+import attrs
+
 from emulator.core.device import TRANSPORT_DRIVERS
-from emulator.errors import ConfigError, InputError
-from emulator.machine.machine import port_types, transport_types
 from emulator.core.memory import MiB
-from emulator.machine.qdev import parse_opts
-from emulator.runtime.runtime import Runtime
 from emulator.core.trace import Trace
+from emulator.errors import ConfigError, InputError
+from emulator.io.backend import parse_size
+from emulator.machine.machine import MACHINE_TYPES
+from emulator.machine.qdev import parse_opts, port_types, transport_types
+from emulator.runtime.runtime import VERSION, Runtime
 
 PROG = "vserial"
-
-WITH_ARG = {
-    "device", "chardev", "virtioconsole", "m", "name", "qmp", "mon", "trace", "D", "readconfig",
-    "M", "machine", "accel", "cpu", "smp", "display", "pidfile", "msg", "uuid", "global", "serial", "monitor",
-    "parallel", "vga", "boot", "rtc", "overcommit", "sandbox",
-}
-FLAGS = {
-    "S", "nodefaults", "nographic", "no-user-config", "enable-kvm", "no-shutdown", "no-reboot", "no-hpet",
-    "daemonize", "version", "h", "help",
-}
-# Accepted so management tools' command lines run; they change nothing a
-# virtio-serial guest can observe.
-IGNORED = {
-    "accel", "cpu", "smp", "display", "nodefaults", "nographic", "no-user-config", "enable-kvm", "no-shutdown",
-    "no-reboot", "no-hpet", "vga", "boot", "rtc", "overcommit", "sandbox",
-}
-# Devices vserial does not have: only "none" is accepted.
-NONE_ONLY = {"serial", "monitor", "parallel"}
-
 
 USAGE = """\
 usage: vserial run [options]
@@ -170,179 +157,326 @@ def _read_config(path: str) -> list[tuple[str, dict[str, str]]]:
     return groups
 
 
-def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
+Apply = Callable[["CommandLine", "Given"], None]
+
+
+@attrs.define
+class Reporter:
+    """error_report/warn_report for one ``vserial run``: ``vserial: LINE`` on
+    stderr, after a timestamp once ``-msg timestamp=on`` was seen (QEMU's
+    message_with_timestamp)."""
+
+    timestamps: bool = False
+
+    def report(self, line: str) -> None:
+        prefix = ""
+        if self.timestamps:
+            prefix = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
+        sys.stderr.write(f"{prefix}{PROG}: {line}\n")
+
+
+@attrs.frozen
+class Given:
+    """One option as written: its name without dashes, and its argument
+    (None for a flag)."""
+
+    name: str
+    value: str | None
+
+    @property
+    def where(self) -> str:
+        """``-name ARG``, the prefix of this option's error messages."""
+        return f"-{self.name} {self.value}" if self.value is not None else f"-{self.name}"
+
+    @property
+    def arg(self) -> str:
+        """The argument of an option that takes one."""
+        assert self.value is not None
+        return self.value
+
+
+@attrs.define
+class CommandLine:
+    """What the options asked for, in command-line order.  Handlers only
+    record and check; nothing is created until every option has passed."""
+
+    out: IO[str]  # -help, -version and help requests print here
+    reporter: Reporter
+    ram_size: int = 64 * MiB
+    guest_name: str | None = None
+    paused: bool = False
+    machine_type: str = "pc"
+    uuid: str | None = None
+    pidfile: str | None = None
+    log_file: str | None = None  # -D
+    trace_patterns: list[tuple[str, str]] = attrs.Factory(list)  # (where, pattern)
+    chardevs: list[tuple[str, dict[str, str]]] = attrs.Factory(list)  # (where, opts)
+    devices: list[tuple[str, dict[str, str]]] = attrs.Factory(list)  # (where, opts)
+    monitors: list[tuple[str, tuple[str, dict[str, str]]]] = attrs.Factory(list)  # -qmp: (where, (backend, opts))
+    mons: list[tuple[str, str]] = attrs.Factory(list)  # -mon: (where, chardev id)
+    global_props: list[tuple[str, str, str]] = attrs.Factory(list)  # -global: (driver, property, value)
+    virtcons: int = 0  # -virtioconsole chardevs made so far
+
+    def parse_warn(self, given: Given, implied: str) -> dict[str, str]:
+        """parse_opts on the option's argument, reporting its warnings."""
+        warnings: list[str] = []
+        out = parse_opts(given.arg, implied, warnings)
+        for w in warnings:
+            self.reporter.report(f"{given.where}: warning: {w}")
+        return out
+
+
+@attrs.frozen
+class Option:
+    """One command-line option: whether it takes an argument, and the
+    handler that records it (raising ConfigError with QEMU's message, which
+    ``build`` prefixes with the option's text)."""
+
+    takes_arg: bool
+    apply: Apply
+
+
+# ------------------------------------------------------------------ handlers
+def _device(cl: CommandLine, given: Given) -> None:
+    cl.devices.append((given.where, cl.parse_warn(given, "driver")))
+
+
+def _chardev(cl: CommandLine, given: Given) -> None:
+    cl.chardevs.append((given.where, cl.parse_warn(given, "backend")))
+
+
+def _virtioconsole(cl: CommandLine, given: Given) -> None:
+    if given.arg == "none":
+        return
+    if cl.virtcons == 1:
+        raise ConfigError("too many virtio consoles")
+    backend, copts = compat_chardev(given.arg)
+    chardev_id = f"virtcon{cl.virtcons}"
+    cl.chardevs.append((given.where, {"backend": backend, "id": chardev_id, **copts}))
+    cl.devices.append((given.where, {"driver": "virtio-serial"}))
+    cl.devices.append((given.where, {"driver": "virtconsole", "chardev": chardev_id}))
+    cl.virtcons += 1
+
+
+def _global(cl: CommandLine, given: Given) -> None:
+    """``-global driver=D,property=P,value=V`` or ``-global D.P=V``."""
+    gopts = cl.parse_warn(given, "")
+    if set(gopts) >= {"driver", "property", "value"}:
+        cl.global_props.append((gopts["driver"], gopts["property"], gopts["value"]))
+        return
+    if len(gopts) != 1:
+        raise ConfigError(f"Invalid parameter '{next(iter(gopts), '')}'")
+    key, val = next(iter(gopts.items()))
+    drv, dot, prop = key.partition(".")
+    if not dot or not prop:
+        raise ConfigError(f"Invalid parameter '{key}'")
+    cl.global_props.append((drv, prop, val))
+
+
+def _readconfig(cl: CommandLine, given: Given) -> None:
+    for group, gopts in _read_config(given.arg):
+        (cl.devices if group == "device" else cl.chardevs).append((given.where, gopts))
+
+
+def _qmp(cl: CommandLine, given: Given) -> None:
+    cl.monitors.append((given.where, compat_chardev(given.arg)))
+
+
+def _mon(cl: CommandLine, given: Given) -> None:
+    mopts = parse_opts(given.arg, "chardev")
+    for key in mopts:
+        if key not in ("chardev", "mode", "id", "pretty", "default"):
+            raise ConfigError(f"Invalid parameter '{key}'")
+    if "chardev" not in mopts:
+        raise ConfigError("Parameter 'chardev' is missing")
+    mode = mopts.get("mode", "readline")
+    if mode not in ("readline", "control"):
+        raise ConfigError(f"Parameter 'mode' does not accept value '{mode}'")
+    if mode != "control":
+        raise ConfigError("vserial has no human monitor (mode=readline); use mode=control")
+    cl.mons.append((given.where, mopts["chardev"]))
+
+
+def _machine(cl: CommandLine, given: Given) -> None:
+    cl.machine_type = cl.parse_warn(given, "type").get("type", "pc")
+    if cl.machine_type not in MACHINE_TYPES:
+        raise UsageError("", "unsupported machine type", [
+            "unsupported machine type\nUse -machine help to list supported machines"])
+
+
+def _ram_size(cl: CommandLine, given: Given) -> None:
+    text = parse_opts(given.arg, "size").get("size", "")
+    size = parse_size("size", text if text[-1:].isalpha() else text + "M") if text else 128 * MiB
+    if size == 0:
+        size = 128 * MiB  # QEMU: -m 0 means the default
+    if size < MiB:
+        raise ConfigError("ram size too small")
+    cl.ram_size = size
+
+
+def _name(cl: CommandLine, given: Given) -> None:
+    cl.guest_name = parse_opts(given.arg, "guest").get("guest") or None
+
+
+def _uuid(cl: CommandLine, given: Given) -> None:
+    if not re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", given.arg):
+        raise ConfigError("failed to parse UUID string: wrong format")
+    cl.uuid = given.arg.lower()
+
+
+def _paused(cl: CommandLine, given: Given) -> None:
+    cl.paused = True
+
+
+def _pidfile(cl: CommandLine, given: Given) -> None:
+    cl.pidfile = given.arg
+
+
+def _trace(cl: CommandLine, given: Given) -> None:
+    topts = parse_opts(given.arg, "enable")
+    if "enable" in topts:
+        cl.trace_patterns.append((given.where, topts["enable"]))
+
+
+def _log_file(cl: CommandLine, given: Given) -> None:
+    cl.log_file = given.arg
+
+
+def _msg(cl: CommandLine, given: Given) -> None:
+    """-msg: applied by ``build`` before every other option (see there)."""
+
+
+def _daemonize(cl: CommandLine, given: Given) -> None:
+    raise ConfigError("not supported by vserial: start it in the background instead")
+
+
+def _version(cl: CommandLine, given: Given) -> None:
+    print(f"{PROG} {VERSION} (QEMU 7.2 virtio-serial)", file=cl.out)
+    raise SystemExit(0)
+
+
+def _usage(cl: CommandLine, given: Given) -> None:
+    print(USAGE, file=cl.out)
+    raise SystemExit(0)
+
+
+def _none_only(cl: CommandLine, given: Given) -> None:
+    if given.value != "none":
+        raise ConfigError(f"vserial models no -{given.name} devices; only '-{given.name} none' is accepted")
+
+
+def _ignored(cl: CommandLine, given: Given) -> None:
+    pass
+
+
+OPTIONS: dict[str, Option] = {
+    # devices and backends
+    "device": Option(True, _device),
+    "chardev": Option(True, _chardev),
+    "virtioconsole": Option(True, _virtioconsole),
+    "global": Option(True, _global),
+    "readconfig": Option(True, _readconfig),
+    # monitors
+    "qmp": Option(True, _qmp),
+    "mon": Option(True, _mon),
+    # machine
+    "M": Option(True, _machine),
+    "machine": Option(True, _machine),
+    "m": Option(True, _ram_size),
+    "name": Option(True, _name),
+    "uuid": Option(True, _uuid),
+    "S": Option(False, _paused),
+    "pidfile": Option(True, _pidfile),
+    "trace": Option(True, _trace),
+    "D": Option(True, _log_file),
+    "msg": Option(True, _msg),
+    "daemonize": Option(False, _daemonize),
+    "version": Option(False, _version),
+    "h": Option(False, _usage),
+    "help": Option(False, _usage),
+    # Devices vserial does not have: only "none" is accepted.
+    **dict.fromkeys(("serial", "monitor", "parallel"), Option(True, _none_only)),
+    # Accepted so management tools' command lines run; they change nothing a
+    # virtio-serial guest can observe.
+    **dict.fromkeys(("accel", "cpu", "smp", "display", "vga", "boot", "rtc", "overcommit", "sandbox"),
+                    Option(True, _ignored)),
+    **dict.fromkeys(("nodefaults", "nographic", "no-user-config", "enable-kvm", "no-shutdown", "no-reboot",
+                     "no-hpet"), Option(False, _ignored)),
+}
+
+
+# --------------------------------------------------------------------- build
+def build(argv: list[str], *, stdout: IO[str] | None = None, reporter: Reporter | None = None) -> Runtime:
     """Parse a QEMU command line and build the machine (not yet running).
-    Raises UsageError with the option text and QEMU's message."""
-    opts: list[tuple[str, str | None]] = []
+    Raises UsageError with the option text and QEMU's message; ``reporter``
+    learns whether ``-msg timestamp=on`` was given."""
+    options = _split(argv)
+    cl = CommandLine(out=stdout or sys.stdout, reporter=reporter or Reporter())
+    for given in options:  # help requests answer before any option is checked
+        if given.name in ("chardev", "device"):
+            code = _help(given.name, given.arg, cl.out)
+            if code is not None:
+                raise SystemExit(code)
+    for given in options:  # -msg first: it changes how every later message looks
+        if given.name == "msg" and parse_opts(given.arg, "").get("timestamp") == "on":
+            cl.reporter.timestamps = True
+    for given in options:
+        try:
+            OPTIONS[given.name].apply(cl, given)
+        except ConfigError as err:
+            raise UsageError.wrap(given.where, err) from None
+    trace, log = _open_trace(cl)
+    return _assemble(cl, trace, log)
+
+
+def _split(argv: list[str]) -> list[Given]:
+    """The options in order, each with its argument if it takes one."""
+    options: list[Given] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("-") or arg == "-":
             raise UsageError("", f"{arg}: invalid option")
         name = arg.lstrip("-")
-        if name in WITH_ARG:
+        option = OPTIONS.get(name)
+        if option is None:
+            raise UsageError(arg, "invalid option")
+        if option.takes_arg:
             if i + 1 >= len(argv):
                 raise UsageError(arg, "requires an argument")
-            opts.append((name, argv[i + 1]))
+            options.append(Given(name, argv[i + 1]))
             i += 2
-        elif name in FLAGS:
-            opts.append((name, None))
-            i += 1
         else:
-            raise UsageError(arg, "invalid option")
+            options.append(Given(name, None))
+            i += 1
+    return options
 
-    ram_size = 64 * MiB
-    guest_name: str | None = None
-    paused = False
-    trace_patterns: list[tuple[str, str]] = []  # (where, pattern)
-    log_file: str | None = None
-    chardevs: list[tuple[str, dict[str, str]]] = []  # (where, opts)
-    devices: list[tuple[str, dict[str, str]]] = []
-    monitors: list[tuple[str, tuple[str, dict[str, str]]]] = []
-    mons: list[tuple[str, str]] = []  # -mon: (where, chardev id)
-    virtcons = 0
-    machine_type = "pc"
-    pidfile: str | None = None
-    uuid: str | None = None
-    globals_: list[tuple[str, str, str]] = []  # (driver, property, value)
 
-    for name, value in opts:
-        if name in ("chardev", "device") and value is not None:
-            code = _help(name, value, stdout or sys.stdout)
-            if code is not None:
-                raise SystemExit(code)
-    for name, value in opts:
-        if name == "msg" and value is not None and parse_opts(value, "").get("timestamp") == "on":
-            global _timestamps
-            _timestamps = True
-    for name, value in opts:
-        where = f"-{name} {value}" if value is not None else f"-{name}"
-        try:
-            if name == "device":
-                assert value is not None
-                devices.append((where, _parse_warn(where, value, "driver")))
-            elif name == "chardev":
-                assert value is not None
-                chardevs.append((where, _parse_warn(where, value, "backend")))
-            elif name in ("M", "machine"):
-                assert value is not None
-                machine_type = _parse_warn(where, value, "type").get("type", "pc")
-                from emulator.machine.machine import MACHINE_TYPES
-
-                if machine_type not in MACHINE_TYPES:
-                    raise UsageError("", "unsupported machine type", [
-                        "unsupported machine type\nUse -machine help to list supported machines"])
-            elif name == "global":
-                assert value is not None
-                gopts = _parse_warn(where, value, "")
-                if set(gopts) >= {"driver", "property", "value"}:
-                    globals_.append((gopts["driver"], gopts["property"], gopts["value"]))
-                else:
-                    if len(gopts) != 1:
-                        raise ConfigError(f"Invalid parameter '{next(iter(gopts), '')}'")
-                    key, val = next(iter(gopts.items()))
-                    drv, dot, prop = key.partition(".")
-                    if not dot or not prop:
-                        raise ConfigError(f"Invalid parameter '{key}'")
-                    globals_.append((drv, prop, val))
-            elif name == "pidfile":
-                pidfile = value
-            elif name == "uuid":
-                assert value is not None
-                if not re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", value):
-                    raise ConfigError("failed to parse UUID string: wrong format")
-                uuid = value.lower()
-            elif name in NONE_ONLY:
-                if value != "none":
-                    raise ConfigError(f"vserial models no -{name} devices; only '-{name} none' is accepted")
-            elif name == "daemonize":
-                raise ConfigError("not supported by vserial: start it in the background instead")
-            elif name == "msg":
-                pass  # handled above
-            elif name == "virtioconsole":
-                assert value is not None
-                if value == "none":
-                    continue
-                if virtcons == 1:
-                    raise ConfigError("too many virtio consoles")
-                backend, copts = compat_chardev(value)
-                chardevs.append((where, {"backend": backend, "id": f"virtcon{virtcons}", **copts}))
-                devices.append((where, {"driver": "virtio-serial"}))
-                devices.append((where, {"driver": "virtconsole", "chardev": f"virtcon{virtcons}"}))
-                virtcons += 1
-            elif name == "qmp":
-                assert value is not None
-                monitors.append((where, compat_chardev(value)))
-            elif name == "mon":
-                assert value is not None
-                mopts = parse_opts(value, "chardev")
-                for key in mopts:
-                    if key not in ("chardev", "mode", "id", "pretty", "default"):
-                        raise ConfigError(f"Invalid parameter '{key}'")
-                if "chardev" not in mopts:
-                    raise ConfigError("Parameter 'chardev' is missing")
-                mode = mopts.get("mode", "readline")
-                if mode not in ("readline", "control"):
-                    raise ConfigError(f"Parameter 'mode' does not accept value '{mode}'")
-                if mode != "control":
-                    raise ConfigError("vserial has no human monitor (mode=readline); use mode=control")
-                mons.append((where, mopts["chardev"]))
-            elif name == "m":
-                assert value is not None
-                mopts = parse_opts(value, "size")
-                text = mopts.get("size", "")
-                size = parse_size("size", text if text[-1:].isalpha() else text + "M") if text else 128 * MiB
-                if size == 0:
-                    size = 128 * MiB  # QEMU: -m 0 means the default
-                if size < MiB:
-                    raise ConfigError("ram size too small")
-                ram_size = size
-            elif name == "name":
-                assert value is not None
-                guest_name = parse_opts(value, "guest").get("guest") or None
-            elif name == "S":
-                paused = True
-            elif name == "trace":
-                assert value is not None
-                topts = parse_opts(value, "enable")
-                if "enable" in topts:
-                    trace_patterns.append((where, topts["enable"]))
-            elif name == "D":
-                log_file = value
-            elif name == "readconfig":
-                assert value is not None
-                for group, gopts in _read_config(value):
-                    (devices if group == "device" else chardevs).append((where, gopts))
-            elif name == "version":
-                from emulator.runtime.runtime import VERSION
-
-                print(f"{PROG} {VERSION} (QEMU 7.2 virtio-serial)", file=stdout or sys.stdout)
-                raise SystemExit(0)
-            elif name in ("h", "help"):
-                print(USAGE, file=stdout or sys.stdout)
-                raise SystemExit(0)
-            elif name in IGNORED:
-                pass
-        except ConfigError as err:
-            raise UsageError.wrap(where, err) from None
-
+def _open_trace(cl: CommandLine) -> tuple[Trace, IO[str] | None]:
+    """-D and -trace: the trace with its events enabled, and the log file."""
     sink: Callable[[str], None] | None = None
     log: IO[str] | None = None
-    if log_file is not None:  # QEMU opens the log whether or not anything traces
+    if cl.log_file is not None:  # QEMU opens the log whether or not anything traces
         try:
-            log = open(log_file, "a", buffering=1, encoding="utf-8")
+            log = open(cl.log_file, "a", buffering=1, encoding="utf-8")
         except OSError as err:
-            raise UsageError("", f"Error opening logfile {log_file}: {err.strerror}") from None
+            raise UsageError("", f"Error opening logfile {cl.log_file}: {err.strerror}") from None
         sink = functools.partial(_write_line, log)
-    elif trace_patterns:
-        sink = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    elif cl.trace_patterns:
+        sink = _print_stderr
     trace = Trace(sink=sink)
-    for where, pattern in trace_patterns:
+    for where, pattern in cl.trace_patterns:
         if not trace.enable(pattern) and not any(c in pattern for c in "*?["):
-            _report(f"{where}: warning: trace event '{pattern}' does not exist")
+            cl.reporter.report(f"{where}: warning: trace event '{pattern}' does not exist")
+    return trace, log
 
+
+def _assemble(cl: CommandLine, trace: Trace, log: IO[str] | None) -> Runtime:
+    """Create what the options asked for, as QEMU does: the machine, then
+    chardevs, monitors and devices in command-line order, then the pidfile."""
     try:
-        rt = Runtime(ram_size=ram_size, name=guest_name, trace=trace, paused=paused, machine_type=machine_type)
+        rt = Runtime(ram_size=cl.ram_size, name=cl.guest_name, trace=trace, paused=cl.paused,
+                     machine_type=cl.machine_type)
     except MemoryError:
         if log is not None:
             log.close()
@@ -352,25 +486,25 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
             log.close()
         raise UsageError("", str(err)) from None
     rt.log_file = log
-    rt.uuid = uuid
-    rt.machine.globals = globals_
+    rt.uuid = cl.uuid
+    rt.machine.globals = cl.global_props
     try:
-        for where, copts in chardevs:
+        for where, copts in cl.chardevs:
             try:
                 rt.chardev_from_opts(copts, where)
             except ConfigError as err:
                 raise UsageError.wrap(where, err) from None
-        for where, (backend, mopts) in monitors:
+        for where, (backend, mopts) in cl.monitors:
             try:
                 rt.add_qmp(backend, mopts, where)
             except ConfigError as err:
                 raise UsageError.wrap(where, err) from None
-        for where, chardev_id in mons:
+        for where, chardev_id in cl.mons:
             try:
                 rt.add_monitor(chardev_id)
             except ConfigError as err:
                 raise UsageError.wrap(where, err) from None
-        for where, dopts in devices:
+        for where, dopts in cl.devices:
             try:
                 if where.startswith("-device") or where.startswith("-readconfig"):
                     _check_cli_duplicate(rt, dopts)
@@ -379,46 +513,28 @@ def build(argv: list[str], *, stdout: IO[str] | None = None) -> Runtime:
                 raise UsageError.wrap(where, err) from None
         known = {t for d in TRANSPORT_DRIVERS.values() for t in transport_types(d)}
         known |= {t for cls in rt.plugins.port_types.values() for t in port_types(cls)}
-        for gdriver, prop, _ in globals_:
+        for gdriver, prop, _ in cl.global_props:
             if gdriver not in known:
-                _report(f"warning: global {gdriver}.{prop} has invalid class name")
-        if pidfile is not None:
+                cl.reporter.report(f"warning: global {gdriver}.{prop} has invalid class name")
+        if cl.pidfile is not None:
             try:
-                with open(pidfile, "w", encoding="ascii") as fh_pid:
+                with open(cl.pidfile, "w", encoding="ascii") as fh_pid:
                     fh_pid.write(f"{os.getpid()}\n")
             except OSError as err:
                 raise UsageError("", f"cannot create PID file: {err.strerror}") from None
-            rt.pidfile = pidfile
+            rt.pidfile = cl.pidfile
     except BaseException:
         rt.close()
         raise
     return rt
 
 
-_timestamps = False  # -msg timestamp=on
-
-
 def _write_line(fh: IO[str], line: str) -> None:
     fh.write(line + "\n")
 
 
-def _report(line: str) -> None:
-    """error_report/warn_report: ``vserial: `` (after a timestamp with
-    ``-msg timestamp=on``), to stderr."""
-    prefix = ""
-    if _timestamps:
-        import datetime
-
-        prefix = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
-    sys.stderr.write(f"{prefix}{PROG}: {line}\n")
-
-
-def _parse_warn(where: str, value: str, implied: str) -> dict[str, str]:
-    warnings: list[str] = []
-    out = parse_opts(value, implied, warnings)
-    for w in warnings:
-        _report(f"{where}: warning: {w}")
-    return out
+def _print_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _help(option: str, value: str, out: IO[str]) -> int | None:
@@ -498,16 +614,16 @@ def _check_cli_duplicate(rt: Runtime, dopts: dict[str, str]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    reporter = Reporter()
     try:
-        rt = build(argv)
+        rt = build(argv, reporter=reporter)
     except UsageError as err:
         for line in err.lines().splitlines(keepends=True):
-            if _timestamps and line.startswith(PROG + ": "):
-                _report(line[len(PROG) + 2 :].rstrip("\n"))
+            if reporter.timestamps and line.startswith(PROG + ": "):
+                reporter.report(line[len(PROG) + 2 :].rstrip("\n"))
             else:
                 sys.stderr.write(line)
         return 1
     rt.start()
     rt.run()
     return 0
-
