@@ -89,7 +89,7 @@ def vserial_qmp_commands() -> dict[str, Callable[..., Any]]:  # type: ignore[emp
 
     Called once per plugin manager.  A handler is called as
     ``handler(runtime, **arguments)`` and returns the JSON-able ``return``
-    value; it raises ``emulator.runtime.qmp.QMPError`` (or ``ConfigError``, which
+    value; it raises ``emulator.errors.QMPError`` (or ``ConfigError``, which
     becomes ``GenericError``) to fail.  Names should start with ``x-`` as
     QEMU's unstable commands do.  A name claimed twice is an error.
     """

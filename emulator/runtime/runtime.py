@@ -25,7 +25,8 @@ from emulator.io.mainloop import MainLoop
 from emulator.core.memory import DEFAULT_RAM_SIZE
 from emulator.plugin.manager import Plugins, default_plugins
 from emulator.core.ports import VirtIOSerialPort
-from emulator.runtime.qmp import ChardevMonitor, Monitor, qbase64_decode
+from emulator.runtime.monitor import ChardevMonitor, Monitor
+from emulator.runtime.qmp import qbase64_decode
 from emulator.core.trace import Trace
 
 VERSION = "0.1.0"

@@ -18,7 +18,7 @@ from emulator.runtime import cmdline as qemu_cli
 from emulator.core.chardev import MemoryChardev
 from emulator.errors import ConfigError
 from emulator.machine.machine import Machine
-from emulator.runtime.qmp import QMPSession
+from emulator.runtime.monitor import QMPSession
 from emulator.runtime.runtime import Runtime
 
 

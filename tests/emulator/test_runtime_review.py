@@ -303,7 +303,7 @@ def test_client_that_never_reads_replies_is_bounded_and_others_are_served(tmp: s
             stalled += 1
         rt.loop.run_once(0.005)
     assert stalled >= 30, "the monitor should stop reading a client that does not read"
-    from emulator.runtime.qmp import OUTPUT_HIGH_WATER
+    from emulator.runtime.monitor import OUTPUT_HIGH_WATER
 
     assert len(rt.monitors[0].out) < OUTPUT_HIGH_WATER + (8 << 20)
     assert b.cmd({"execute": "query-status"})["return"]["running"] is True

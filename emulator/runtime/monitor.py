@@ -1,0 +1,228 @@
+"""The QMP monitor: the command table, one session per client conversation,
+and the chardev front end that carries it.
+
+Faithful to QEMU 7.2 (fixtures/qemu/qmp_transcript.json): the greeting, the
+capabilities negotiation, ``id`` echoing, the error classes for commands
+that are unknown, early or out of band, and an event emitted by a command
+written before that command's reply.  A client in error stays connected.
+The wire format itself (JSON splitting, argument checks, encoding) is
+``emulator.runtime.qmp``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from emulator.errors import ConfigError, QMPError
+from emulator.runtime.qmp import QEMU_VERSION, JSONStreamer, ParseError, check_args, encode, event_message
+
+if TYPE_CHECKING:
+    from emulator.core.chardev import Chardev
+
+OUTPUT_HIGH_WATER = 16 * 1024 * 1024  # queued output above which a monitor stops reading its client
+
+Command = Callable[..., Any]
+
+
+class Monitor:
+    """The command table shared by every session (one per -qmp)."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+        self.on_quit: Callable[[], None] = lambda: None
+        # name -> (handler, arg spec or None for free-form, allow_oob)
+        self.commands: dict[str, tuple[Command, dict[str, tuple[str, bool]] | None]] = {}
+        self.sessions: list[QMPSession] = []
+
+    def register(self, name: str, handler: Command, args: dict[str, tuple[str, bool]] | None = None) -> None:
+        self.commands[name] = (handler, args)
+
+    def greeting(self) -> dict[str, Any]:
+        return {"QMP": {"version": {"qemu": dict(QEMU_VERSION), "package": self.package}, "capabilities": ["oob"]}}
+
+    def broadcast(self, name: str, data: dict[str, Any] | None) -> None:
+        msg = event_message(name, data)
+        for s in list(self.sessions):
+            if s.command_mode:
+                s.send(msg)
+
+
+class QMPSession:
+    """One client conversation: negotiation state, input splitting, dispatch.
+    ``write`` hands encoded output to the transport."""
+
+    def __init__(self, monitor: Monitor, write: Callable[[bytes], None]) -> None:
+        self.monitor = monitor
+        self.write = write
+        self.streamer = JSONStreamer()
+        self.command_mode = False
+        self.oob = False
+        self.closed = False
+        monitor.sessions.append(self)
+        self.send(monitor.greeting())
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self.write(encode(msg))
+
+    def feed(self, data: bytes | memoryview) -> None:
+        for item in self.streamer.feed(bytes(data)):
+            if self.closed:
+                return
+            if isinstance(item, ParseError):
+                self.send({"error": {"class": "GenericError", "desc": str(item)}})
+            else:
+                self.handle(item)
+
+    def _reply(self, req_id: Any, has_id: bool, body: dict[str, Any]) -> None:
+        if has_id:
+            # QEMU's key order: {"return": ..., "id": X} but {"id": X, "error": ...}
+            body = {**body, "id": req_id} if "return" in body else {"id": req_id, **body}
+        self.send(body)
+
+    def handle(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            self.send({"error": {"class": "GenericError", "desc": "QMP input must be a JSON object"}})
+            return
+        has_id = "id" in msg
+        req_id = msg.get("id")
+        try:
+            name, args, oob = self._parse(msg)
+            result = self._dispatch(name, args, oob)
+        except QMPError as err:
+            self._reply(req_id, has_id, {"error": {"class": err.cls, "desc": err.desc}})
+            return
+        except ConfigError as err:
+            self._reply(req_id, has_id, {"error": {"class": "GenericError", "desc": str(err)}})
+            return
+        self._reply(req_id, has_id, {"return": result})
+        if name == "quit":
+            self.monitor.on_quit()
+
+    def _parse(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
+        for key in msg:
+            if key not in ("execute", "exec-oob", "arguments", "id"):
+                raise QMPError(f"QMP input member '{key}' is unexpected")
+        oob = "exec-oob" in msg
+        if oob and ("execute" in msg or not self.oob):
+            raise QMPError("QMP input member 'exec-oob' is unexpected")
+        key = "exec-oob" if oob else "execute"
+        if key not in msg:
+            raise QMPError("QMP input lacks member 'execute'")
+        name = msg[key]
+        if not isinstance(name, str):
+            raise QMPError(f"QMP input member '{key}' must be a string")
+        args = msg.get("arguments", {})
+        if not isinstance(args, dict):
+            raise QMPError("QMP input member 'arguments' must be an object")
+        return name, args, oob
+
+    def _dispatch(self, name: str, args: dict[str, Any], oob: bool) -> Any:
+        if name == "qmp_capabilities":
+            if self.command_mode:
+                raise QMPError("Capabilities negotiation is already complete, command ignored", "CommandNotFound")
+            kw = check_args({"enable": ("array", False)}, args)
+            for cap in kw.get("enable", []):
+                if cap != "oob":
+                    # sic: QEMU 7.2's visitor names the list element 'null'
+                    raise QMPError(f"Parameter 'null' does not accept value '{cap}'")
+            self.oob = "oob" in kw.get("enable", [])
+            self.command_mode = True
+            return {}
+        if not self.command_mode:
+            raise QMPError("Expecting capabilities negotiation with 'qmp_capabilities'", "CommandNotFound")
+        entry = self.monitor.commands.get(name)
+        if entry is None:
+            raise QMPError(f"The command {name} has not been found", "CommandNotFound")
+        if oob:
+            raise QMPError(f"The command {name} does not support OOB")
+        handler, spec = entry
+        if spec is None:
+            return handler(args)
+        return handler(**check_args(spec, args))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self in self.monitor.sessions:
+            self.monitor.sessions.remove(self)
+
+
+class ChardevMonitor:
+    """A QMP monitor on a chardev (``-mon chardev=ID,mode=control``; ``-qmp``
+    makes the chardev ``compat_monitorN`` itself), as QEMU's monitor is a
+    chardev front end: a socket chardev serves one client at a time, and a
+    new connection gets a fresh session and greeting.  Output the chardev
+    cannot take now waits here; while more than ``OUTPUT_HIGH_WATER`` bytes
+    wait, the monitor stops reading the client."""
+
+    def __init__(self, monitor: Monitor, chardev: Chardev) -> None:
+        if chardev.in_use:
+            raise ConfigError(f"Device '{chardev.id}' is in use")
+        self.monitor = monitor
+        self.chardev = chardev
+        self.session: QMPSession | None = None
+        self.out = bytearray()
+        self._blocked = False  # the chardev took less than offered
+        chardev.attach(self)
+        chardev.set_fe_open(True)
+        if chardev.be_open:
+            self.chr_event(True)
+        chardev.accept_input()  # qemu_chr_fe_set_handlers: start reading
+
+    # -- ChardevFrontend -----------------------------------------------------------
+    def chr_can_read(self) -> int:
+        if self.session is None or len(self.out) > OUTPUT_HIGH_WATER:
+            return 0
+        return 1 << 20
+
+    def chr_read(self, data: bytes | memoryview) -> int:
+        if self.session is not None:
+            self.session.feed(data)
+        return len(data)
+
+    def chr_event(self, opened: bool) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.out.clear()
+        self._blocked = False
+        if opened:
+            self.session = QMPSession(self.monitor, self._write)
+
+    def chr_write_unblocked(self) -> None:
+        self._blocked = False
+        self._flush()
+
+    # -- output ----------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        self.out += data
+        if not self._blocked:  # else the chardev's writability watch resumes
+            self._flush()
+
+    def _flush(self) -> None:
+        was_full = len(self.out) > OUTPUT_HIGH_WATER
+        session = self.session
+        while self.out:
+            # A copy, not a view: the write may end the connection, and
+            # chr_event then clears self.out under our feet.
+            chunk = bytes(self.out[: 256 << 10])
+            n = self.chardev.write(memoryview(chunk))
+            if self.session is not session:
+                break
+            if n > 0:
+                del self.out[:n]
+            if n < len(chunk):
+                self._blocked = True
+                break
+        if was_full and len(self.out) <= OUTPUT_HIGH_WATER:
+            self.chardev.accept_input()
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.chardev.detach()
