@@ -14,7 +14,7 @@ from emulator.core.virtio import STATUS_NEEDS_RESET
 from emulator.machine.machine import Machine
 from emulator.core.trace import Trace
 
-from .rawdriver import EMERG_WRITE, MULTIPORT, SIZE, RawDriver, ready_device
+from tests.core.rawdriver import EMERG_WRITE, MULTIPORT, SIZE, RawDriver, ready_device
 
 
 def machine(*ports: dict, chardevs: tuple = (), **devprops: str) -> Machine:

@@ -42,8 +42,8 @@ from emulator.state.records import (
     restore,
 )
 
-from .rawdriver import ready_device
-from .test_device_state import build
+from tests.core.rawdriver import ready_device
+from tests.state.test_device_state import build
 
 STATE_FIELDS = [a.name for a in attrs.fields(VirtQueueState)]
 

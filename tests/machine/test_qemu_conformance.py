@@ -27,8 +27,8 @@ from emulator.core.ports import VirtIOSerialPort
 from emulator.state.records import capture, restore
 from emulator.core.trace import Trace
 
-from .rawdriver import EMERG_WRITE, RawDriver, ready_device
-from .test_device_state import CMDLINE, build, load_into, source, stream
+from tests.core.rawdriver import EMERG_WRITE, RawDriver, ready_device
+from tests.state.test_device_state import CMDLINE, build, load_into, source, stream
 
 NEXT = vring.VRING_DESC_F_NEXT
 WRITE = vring.VRING_DESC_F_WRITE

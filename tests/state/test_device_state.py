@@ -19,7 +19,7 @@ from emulator.machine.machine import Machine
 from emulator.state.records import VirtIOSerialRecord, capture, registry, restore
 from emulator.core.trace import Trace
 
-from .rawdriver import RawDriver, ready_device
+from tests.core.rawdriver import RawDriver, ready_device
 
 CMDLINE = [
     {"driver": "virtio-serial", "id": "vser0", "max_ports": "8"},
