@@ -17,7 +17,6 @@ machine loads no plugin machinery and no I/O.
 from __future__ import annotations
 
 import sys
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,6 +31,7 @@ from emulator.errors import ConfigError
 from emulator.guest.kernel import GuestKernel
 from emulator.guest.platform import VirtioTransport
 from emulator.machine import pci, qdev
+from emulator.machine.irq import PendingInterrupts
 from emulator.machine.qdev import port_types, transport_types
 from emulator.machine.qom import QomTree
 from emulator.machine.runstate import RunState, RunStateMachine
@@ -118,8 +118,7 @@ class Machine:
         self.error_log: list[str] = []
         self.event_listeners: list[Callable[[QmpEvent], None]] = []
         self.guest = GuestKernel(self)
-        self._pending: deque[tuple[VirtIOSerial, int]] = deque()
-        self._pending_set: set[tuple[int, int]] = set()
+        self.irqs: PendingInterrupts[VirtIOSerial] = PendingInterrupts()
         self._pumping = False
         self.plugins.machine_created(self)
 
@@ -407,8 +406,7 @@ class Machine:
         self._event(QmpEvent("DEVICE_DELETED", {"path": f"{path}/virtio-backend"}))
         self._deleted(dev)
         self.devices.remove(dev)
-        self._pending = deque((d, q) for d, q in self._pending if d is not dev)
-        self._pending_set = {(d.index, q) for d, q in self._pending}
+        self.irqs.forget(dev)
 
     def system_reset(self) -> None:
         """qemu_system_reset: pending PCI unplugs complete, every device is
@@ -421,8 +419,7 @@ class Machine:
         for dev in self.devices:
             dev.reset()
             self._collect(dev)
-        self._pending.clear()
-        self._pending_set.clear()
+        self.irqs.clear()
         self.guest = GuestKernel(self)
         if self.running:
             self.guest.boot()
@@ -475,10 +472,7 @@ class Machine:
             return
         for eff in dev.take_effects():
             if isinstance(eff, Interrupt):
-                key = (dev.index, eff.queue)
-                if key not in self._pending_set:
-                    self._pending_set.add(key)
-                    self._pending.append((dev, eff.queue))
+                self.irqs.raise_irq(dev, eff.queue)
             elif isinstance(eff, QmpEvent):
                 self._event(eff)
             elif isinstance(eff, ErrorReport):
@@ -496,13 +490,12 @@ class Machine:
         for dev in self.devices:
             if dev.effects:
                 self._collect(dev)
-        if self._pumping or not self.running or not self._pending:
+        if self._pumping or not self.running or not self.irqs:
             return
         self._pumping = True
         try:
-            while self._pending:
-                dev, queue = self._pending.popleft()
-                self._pending_set.discard((dev.index, queue))
+            while self.irqs:
+                dev, queue = self.irqs.take()
                 self.guest.interrupt(dev, queue)
                 for d in self.devices:
                     if d.effects:
