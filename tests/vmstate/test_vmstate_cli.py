@@ -5,16 +5,28 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+import cbor2
 import pytest
 import vmstate_demo as demo
+from vmstate_hostile import EMU_STREAM, HEADER_MAP, emu_registry, seal, time_limit
 
+import vmstate
 from vmstate.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures" / "vmstate"
 STREAM = FIXTURES / "streams" / "format1-demo-bus-v3.vmstate"
 SIGNED = FIXTURES / "streams" / "format1-demo-bus-v3-hmac.vmstate"
+
+
+def emu_items() -> list[Any]:
+    data = EMU_STREAM.read_bytes()
+    items = cbor2.loads(b"\x9f" + data + b"\xff")
+    values = [cbor2.loads(i.value) for i in items[:-1]]
+    assert seal(values) == data
+    return values
 
 
 def test_dump_json_names_fields_and_summarizes_ram(capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,6 +76,42 @@ def test_dump_of_a_damaged_file_fails(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["dump", str(bad)], demo.REGISTRY) == 1
     assert "truncated" in capsys.readouterr().err
     assert main(["dump", str(tmp_path / "missing")]) == 1
+
+
+# Issue 4 review. Was: dump expanded a bitmap of any length with a quadratic bit walk, so an oversized ports_map hung it.
+def test_dump_of_an_oversized_bitmap_field_is_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items = emu_items()
+    items[2][4][8] = b"\x55" * (256 << 10)  # virtio-serial/ports_map
+    path = tmp_path / "big-bitmap.vmstate"
+    path.write_bytes(seal(items))
+    with time_limit(5):
+        assert main(["dump", str(path), "--json"], emu_registry()) == 0
+    section = json.loads(capsys.readouterr().out)["items"][1]
+    assert "ports_map" in section["status"]
+
+
+# Issue 4 review. Was: dump passed stream strings to rich as markup: a producer 'evil [/oops]' raised MarkupError.
+def test_dump_text_shows_markup_like_strings_literally(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "markup.vmstate"
+    path.write_bytes(vmstate.dumps([demo.Clock(1, b"")], producer="evil [/oops]", created=0))
+    assert main(["dump", str(path)], demo.REGISTRY) == 0
+    assert "evil [/oops]" in capsys.readouterr().out
+
+
+# Issue 4 review. Was: dump wrote stream strings raw to the terminal, ESC sequences included.
+def test_dump_text_escapes_terminal_control_characters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "escape.vmstate"
+    path.write_bytes(vmstate.dumps([demo.Clock(1, b"")], producer="\x1b]0;pwned\x07x", created=0))
+    assert main(["dump", str(path)], demo.REGISTRY) == 0
+    assert "\x1b]0;pwned" not in capsys.readouterr().out
+
+
+# Issue 4 review. Was: created was any uint and dump's datetime.fromtimestamp raised OverflowError on 2**64-1.
+def test_dump_of_a_far_future_created_time_does_not_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header = dict(HEADER_MAP, created=2**64 - 1)
+    path = tmp_path / "future.vmstate"
+    path.write_bytes(seal([header]))
+    assert main(["dump", str(path), "--json"], emu_registry()) in (0, 1)
 
 
 def test_schema_json_is_the_registry_schema(capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,6 +168,25 @@ def test_check_refuses_files_that_are_not_schemas(tmp_path: Path, capsys: pytest
     assert main(["check", str(tmp_path / "x.json"), str(tmp_path / "x.json")]) == 255
     assert "not a vmstate schema" in capsys.readouterr().err
     assert main(["check", os.devnull, str(tmp_path / "x.json")]) == 255
+
+
+# Issue 4 review. Was: check did not validate subsections or since/dropped_after types: TypeError/AttributeError escaped main.
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda d: d.__setitem__("subsections", None),
+        lambda d: d.__setitem__("subsections", [1]),
+        lambda d: d["fields"][0].__setitem__("since", "1"),
+    ],
+    ids=["subsections-null", "subsection-not-a-map", "since-not-an-int"],
+)
+def test_check_exits_255_on_a_malformed_schema(tmp_path: Path, breakage: Any) -> None:
+    good = demo.REGISTRY.schema()
+    bad = json.loads(json.dumps(good))
+    breakage(bad["descriptions"]["demo-bus"])
+    (tmp_path / "old.json").write_text(json.dumps(good))
+    (tmp_path / "new.json").write_text(json.dumps(bad))
+    assert main(["check", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 255
 
 
 def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:

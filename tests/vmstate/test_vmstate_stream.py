@@ -6,11 +6,13 @@ import hashlib
 import io
 import socket
 import threading
+import tracemalloc
 from typing import Any
 
 import cbor2
 import pytest
 import vmstate_demo as demo
+from vmstate_hostile import HEADER_MAP, emu_registry, seal, time_limit
 
 import vmstate
 from vmstate.container import ITEM_TAG, encode_item
@@ -19,11 +21,15 @@ from vmstate.container import ITEM_TAG, encode_item
 def reseal(items: list[bytes]) -> bytes:
     """Frames raw payloads and appends a correct trailer, so a test reaches
     the layer behind the digest check."""
-    frames = b"".join(_frame(p) for p in items)
+    return seal_frames(b"".join(frame_payload(p) for p in items))
+
+
+def seal_frames(frames: bytes) -> bytes:
     return frames + encode_item(["end", hashlib.sha256(frames).digest(), None])
 
 
-def _frame(payload: bytes) -> bytes:
+def frame_payload(payload: bytes) -> bytes:
+    """Frames a raw (possibly non-canonical or hostile) payload."""
     head = cbor2.dumps(payload)  # a CBOR byte string: its head then the payload
     return ITEM_TAG + head
 
@@ -382,3 +388,87 @@ def test_a_bad_item_is_refused_before_the_trailer_but_nothing_is_returned_before
     data[-5] ^= 1  # inside the trailer's digest
     with pytest.raises(vmstate.IntegrityError):
         vmstate.loads(bytes(data), demo.REGISTRY)
+
+
+# --- hostile streams for the emulator's records: memory, reads, writes, keys ---
+
+
+# Issue 4 review. Was: a 1 MiB item of empty CBOR arrays decoded into ~1M lists (~64x its size), and read_raw kept every decoded item until the trailer.
+def test_a_hostile_item_decodes_into_at_most_16x_its_size() -> None:
+    n = (1 << 20) - 64
+    body = b"\x9a" + n.to_bytes(4, "big") + b"\x80" * n
+    section = b"\x86" + cbor2.dumps("section") + cbor2.dumps("virtio-serial") + b"\x00\x01" + body + b"\xa0"
+    data = seal_frames(encode_item(HEADER_MAP) + frame_payload(section))
+    tracemalloc.start()
+    try:
+        with pytest.raises(vmstate.VMStateError):
+            vmstate.loads(data, emu_registry())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * len(data), f"peak {peak / 1e6:.0f} MB for a {len(data) / 1e6:.1f} MB stream"
+
+
+class _Tripwire:
+    """A source: `prefix`, then an endless run of valid RAM items; fails the
+    test if the reader goes on more than 1 MiB past the prefix."""
+
+    def __init__(self, prefix: bytes) -> None:
+        self.buf = bytearray(prefix)
+        self.limit = len(prefix) + (1 << 20)
+        self.pos = 0
+        self.filler = encode_item(["ram", "ram", 4096, 1, [[0, 1, None]]]) * 1024
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self.buf += self.filler
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.pos += n
+        if self.pos > self.limit:
+            raise AssertionError("the reader went on past a section it cannot load")
+        return out
+
+
+# Issue 4 review. Was: load() read and kept the whole stream before checking any section against the registry, so an unknown first section was refused only after the trailer.
+def test_load_refuses_an_unknown_section_without_reading_the_rest() -> None:
+    prefix = encode_item(HEADER_MAP) + encode_item(["section", "no-such-device", 0, 1, [], {}])
+    with pytest.raises(vmstate.IncompatibleVersion):
+        vmstate.load(_Tripwire(prefix), emu_registry(), check_eof=False)
+
+
+# Issue 4 review. Was: zero-page runs were uncapped per item and could overlap, and apply_to memset every run, so a small item cost hours of writes.
+def test_applying_ram_costs_at_most_about_one_write_per_page() -> None:
+    data = seal([HEADER_MAP, ["ram", "ram", 4096, 1024, [[0, 1024, None]] * 200_000]])
+    try:
+        loaded = vmstate.loads(data, emu_registry())
+    except vmstate.CorruptStream:
+        return  # refusing overlapping runs is a fine fix too
+    memory = bytearray(b"\xee" * (4 << 20))
+    with time_limit(3):
+        loaded.ram["ram"].apply_to(memory)
+    assert memory == bytes(4 << 20)
+
+
+# Issue 4 review. Was: max_ram_pages counted pages, not bytes: 2**26 pages of 2 MiB (128 TiB) loaded.
+def test_a_ram_region_over_256_gib_is_refused() -> None:
+    pages = 1 << 26
+    data = seal([HEADER_MAP, ["ram", "ram", 2 << 20, pages, [[0, pages, None]]]])
+    with pytest.raises(vmstate.CorruptStream):
+        vmstate.loads(data, emu_registry())
+
+
+# Issue 4 review. Was: a header with unknown keys b'x' and 'y' raised TypeError (sorted() of mixed bytes/str) out of loads.
+def test_header_with_unknown_bytes_and_text_keys_is_corrupt() -> None:
+    header = dict(HEADER_MAP)
+    header[b"x"] = 1  # type: ignore[index]
+    header["y"] = 1
+    with pytest.raises(vmstate.CorruptStream):
+        vmstate.loads(seal([header]), emu_registry())
+
+
+# Issue 4 review. Was: an empty key was taken as a real key, 'verifying' streams anyone can forge with HMAC(b'', ...).
+def test_an_empty_hmac_key_is_refused() -> None:
+    forged = seal([HEADER_MAP], key=b"")
+    with pytest.raises((ValueError, vmstate.VMStateError)):
+        vmstate.loads(forged, emu_registry(), key=b"")
