@@ -1,16 +1,20 @@
 """Restoring the emulator's device from a loaded vmstate stream: a record that
-restore refuses leaves the machine as it was.
-
-Its subject is emulator.state.records.restore; tests/state/test_device_state.py
-is where the other restore rules live.
-"""
+restore refuses leaves the machine as it was (the other restore rules are in
+test_device_state.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from vmstate_hostile import EMU_STREAM, emu_registry
 
 import vmstate
+from emulator.state.records import registry
+
+EMU_STREAM = (
+    Path(__file__).resolve().parents[2] / "fixtures" / "vmstate" / "emulator" / "streams"
+    / "format1-virtio-serial-v1.vmstate"
+)
 
 
 # Issue 4 review. Was: a refused emulator restore had already overwritten guest RAM (restore now stages it).
@@ -19,7 +23,7 @@ def test_emulator_restore_that_refuses_a_record_leaves_guest_ram_unchanged() -> 
     from emulator.machine.machine import Machine
     from emulator.state.records import restore
 
-    loaded = vmstate.loads(EMU_STREAM.read_bytes(), emu_registry())
+    loaded = vmstate.loads(EMU_STREAM.read_bytes(), registry())
     cfg = loaded.header.machine
     m = Machine(ram_size=cfg["ram_size"])
     for c in cfg["chardevs"]:
