@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.core.chardev import MemoryChardev
-from emulator.machine.machine import Machine
 from emulator.core.trace import Trace
+from emulator.machine.machine import Machine
 
 DEFAULT_PORTS = (
     ("org.qemu.guest_agent.0", "agent"),

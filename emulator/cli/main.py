@@ -19,9 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run a machine from a QEMU command line (vserial run -help)", add_help=False)
 
     if args and args[0] == "vmstate":
-        from vmstate.cli import main as vmstate_main
-
         from emulator.state.records import registry
+        from vmstate.cli import main as vmstate_main
 
         return vmstate_main(args[1:], registry=registry())
     if args and args[0] == "run":

@@ -27,12 +27,12 @@ from typing import Protocol
 from emulator.core import control, vring
 from emulator.core.control import BAD_ID, CONTROL_HEADER, Event
 from emulator.core.effects import ConfigInterrupt, Effect, ErrorReport, Interrupt, PortChange
-from emulator.errors import ConfigError, GuestError
 from emulator.core.memory import GuestMemory
 from emulator.core.ports import VirtIOSerialPort
 from emulator.core.trace import Trace
 from emulator.core.virtio import STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET
 from emulator.core.virtqueue import Element, VirtQueue
+from emulator.errors import ConfigError, GuestError
 
 DATA_QUEUE_SIZE = 128
 CONTROL_QUEUE_SIZE = 32

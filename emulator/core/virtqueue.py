@@ -18,8 +18,8 @@ import struct
 import attrs
 
 from emulator.core import vring
-from emulator.errors import ConfigValueError, GuestError, MemoryAccessError, RingError, StateError
 from emulator.core.memory import GuestMemory
+from emulator.errors import ConfigValueError, GuestError, MemoryAccessError, RingError, StateError
 
 _DESC = vring.DESC
 _USED_ELEM = vring.USED_ELEM

@@ -15,9 +15,9 @@ import struct
 from typing import Any
 
 from emulator.core import vring
+from emulator.core.memory import GuestMemory
 from emulator.errors import GuestKernelBug, GuestOSError
 from emulator.guest.kmalloc import Kmalloc
-from emulator.core.memory import GuestMemory
 
 _DESC = vring.DESC
 _DESC_PACK = vring.DESC.pack_into

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
+
 import attrs
 
 from emulator.core import control, vring

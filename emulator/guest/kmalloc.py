@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import errno
 
-from emulator.errors import GuestKernelBug, GuestOSError
 from emulator.core.memory import PAGE_SIZE
+from emulator.errors import GuestKernelBug, GuestOSError
 
 _MIN_SHIFT = 6
 

@@ -5,10 +5,10 @@ Registered through the same hooks a third-party plugin uses.
 
 from __future__ import annotations
 
+from emulator.core.ports import VirtConsole, VirtIOSerialPort, VirtSerialPort
 from emulator.io.backend import Backend
 from emulator.io.builtin_backends import BUILTIN_BACKENDS
 from emulator.plugin.hookspecs import hookimpl
-from emulator.core.ports import VirtConsole, VirtIOSerialPort, VirtSerialPort
 
 
 @hookimpl

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from emulator.core.ports import VirtIOSerialPort
     from emulator.io.backend import Backend
     from emulator.machine.machine import Machine
-    from emulator.core.ports import VirtIOSerialPort
 
 PROJECT = "vserial"
 

@@ -540,8 +540,8 @@ def _print_stderr(line: str) -> None:
 def _help(option: str, value: str, out: IO[str]) -> int | None:
     """``-chardev help``, ``-chardev BACKEND,help`` and ``-device DRIVER,help``
     in QEMU's format; returns the exit status, or None when not a help request."""
-    from emulator.machine import qdev
     from emulator.core.device import TRANSPORT_DRIVERS
+    from emulator.machine import qdev
     from emulator.plugin.manager import default_plugins
 
     plugins = default_plugins()

@@ -18,9 +18,9 @@ from emulator.core.chardev import Chardev
 from emulator.core.ports import VirtIOSerialPort
 from emulator.errors import ConfigError, PluginError, QMPError
 from emulator.io.char_ringbuf import RingbufChardev
+from emulator.io.mainloop import MainLoop
 from emulator.machine import qdev
 from emulator.machine.machine import Machine
-from emulator.io.mainloop import MainLoop
 from emulator.plugin.manager import Plugins
 from emulator.runtime.agent import GuestAgent
 from emulator.runtime.monitor import Monitor

@@ -14,17 +14,17 @@ import socket
 from collections.abc import Mapping
 from typing import IO, Any
 
-from emulator.runtime.agent import GuestAgent
-from emulator.runtime.commands import QmpCommands
 from emulator.core.chardev import Chardev
 from emulator.core.effects import QmpEvent
-from emulator.errors import ConfigError
-from emulator.machine.machine import Machine
-from emulator.io.mainloop import MainLoop
 from emulator.core.memory import DEFAULT_RAM_SIZE
-from emulator.plugin.manager import Plugins, default_plugins
-from emulator.runtime.monitor import ChardevMonitor, Monitor
 from emulator.core.trace import Trace
+from emulator.errors import ConfigError
+from emulator.io.mainloop import MainLoop
+from emulator.machine.machine import Machine
+from emulator.plugin.manager import Plugins, default_plugins
+from emulator.runtime.agent import GuestAgent
+from emulator.runtime.commands import QmpCommands
+from emulator.runtime.monitor import ChardevMonitor, Monitor
 
 VERSION = "0.1.0"
 COMMON_CHARDEV_OPTIONS = {"id", "backend"}

@@ -26,11 +26,10 @@ from typing import Any
 import attrs
 
 import vmstate
-from vmstate import U8, U16, U32, U64, Bitmap, Bool, ListOf, Nested, Optional, Str
-
 from emulator.core.device import VirtIOSerial
-from emulator.errors import GuestError
 from emulator.core.virtqueue import Element, VirtQueue, VirtQueueState
+from emulator.errors import GuestError
+from vmstate import U8, U16, U32, U64, Bitmap, Bool, ListOf, Nested, Optional, Str
 
 SECTION = "virtio-serial"
 
