@@ -15,6 +15,7 @@ from emulator.machine.machine import Machine
 from emulator.core.trace import Trace
 
 from tests.core.rawdriver import EMERG_WRITE, MULTIPORT, SIZE, RawDriver, ready_device
+from tests.machine.serial_machine import serial_machine
 
 
 def machine(*ports: dict, chardevs: tuple = (), **devprops: str) -> Machine:
@@ -400,3 +401,47 @@ def test_reset_clears_guest_state_and_broken_flag() -> None:
     assert not dev.broken and dev.status == 0 and not m.port("p").guest_connected
     m.pump()
     assert m.events[-1].data == {"id": "p", "open": False}
+
+
+# ------------------------- features, emergency write and DRIVER_OK, as QEMU 7.2
+
+# Was: set_driver_features accepts new features after FEATURES_OK (and flips EVENT_IDX on live
+# queues); QEMU virtio_set_features refuses once FEATURES_OK is set
+def test_features_cannot_change_after_features_ok() -> None:
+    dev = serial_machine().devices[0]
+    ready_device(dev)
+    before = dev.guest_features
+    dev.set_driver_features(0)
+    assert dev.guest_features == before
+    assert all(q.event_idx for q in dev.queues)
+
+
+# Was: write_config requires the guest to have negotiated EMERG_WRITE; QEMU set_config checks only
+# host_features (FACTS.md §3 set_config)
+def test_emergency_write_works_when_offered_even_if_not_negotiated() -> None:
+    m = serial_machine({"driver": "virtconsole", "chardev": "con"}, chardevs=(MemoryChardev("con"),))
+    dev = m.devices[0]
+    drv = RawDriver(dev)
+    drv.negotiate(dev.device_features() & ~EMERG_WRITE)
+    drv.driver_ok()
+    dev.write_config(8, (0x41).to_bytes(4, "little"))
+    assert m.host_receive("con") == b"A"
+
+
+# Was: write_config ignores config writes that are not exactly 4 bytes at offset 8; QEMU's
+# virtio_config_*_writeb/w store into the config and call set_config, so a 1-byte write to
+# emerg_wr is an emergency write
+def test_emergency_write_by_a_single_byte_config_write() -> None:
+    m = serial_machine({"driver": "virtconsole", "chardev": "con"}, chardevs=(MemoryChardev("con"),))
+    dev = m.devices[0]
+    ready_device(dev)
+    dev.write_config(8, b"B")
+    assert m.host_receive("con") == b"B"
+
+
+# Was: set_status never marks port 0 guest_connected on a non-multiport device at DRIVER_OK (QEMU
+# set_status, FACTS.md §3); qtree/state/describe show the console as guest-closed
+def test_non_multiport_console_is_guest_connected_at_driver_ok() -> None:
+    m = serial_machine({"driver": "virtconsole", "chardev": "con"}, chardevs=(MemoryChardev("con"),), max_ports="1")
+    m.boot()
+    assert m.devices[0].ports[0].guest_connected

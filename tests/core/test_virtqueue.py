@@ -14,6 +14,7 @@ import attrs
 import pytest
 
 from emulator.core import vring
+from emulator.core.control import BAD_ID, Event
 from emulator.core.device import VirtIOSerial
 from emulator.core.virtio import STATUS_NEEDS_RESET
 from emulator.guest.driver_queue import DriverQueue
@@ -22,9 +23,12 @@ from emulator.errors import GuestError, GuestOSError, MemoryAccessError
 from emulator.guest.kmalloc import Kmalloc
 from emulator.core.chardev import MemoryChardev
 from emulator.machine.machine import Machine
-from emulator.core.memory import PAGE_SIZE, GuestMemory
+from emulator.core.memory import PAGE_SIZE, GuestMemory, MiB
 from emulator.core.virtqueue import Element, VirtQueue, VirtQueueState
 from emulator.errors import RingError
+
+from tests.core.rawdriver import RawDriver, ready_device
+from tests.machine.serial_machine import serial_machine
 
 RAM = 1 << 20
 NUM = 8
@@ -1044,3 +1048,113 @@ def test_healthy_kick_delivers_data_with_no_error_effects() -> None:
     assert all(isinstance(e, Interrupt) and e.queue == tx for e in effects)
     assert m.host_receive("c0") == b"abc"
     f.close()
+
+
+# =================================== the device against QEMU 7.2's virtio_error
+
+# The short names the device-level tests below use for the descriptor flags.
+NEXT, WRITE, INDIRECT = F_NEXT, F_WRITE, F_INDIRECT
+
+
+def publish_raw(mem: GuestMemory, q: DriverQueue, descs: list[tuple[int, int, int, int]], head: int = 0) -> None:
+    """Write descriptors straight into q's table and make ``head`` available
+    (a malicious guest: no free-list bookkeeping)."""
+    for i, (addr, length, flags, nxt) in enumerate(descs):
+        mem.pack_into(vring.DESC, q.desc + 16 * i, addr, length, flags, nxt)
+    idx = mem.read_u16(q.avail + 2)
+    mem.write_u16(q.avail + 4 + 2 * (idx % q.num), head)
+    mem.write_u16(q.avail + 2, (idx + 1) & 0xFFFF)
+
+
+def open_port1(m: Machine) -> RawDriver:
+    """Bare driver: DEVICE_READY, then the guest opens port 1."""
+    drv = ready_device(m.devices[0])
+    drv.control(Event.DEVICE_READY, 1, BAD_ID)
+    drv.control(Event.PORT_OPEN, 1, 1)
+    drv.received()
+    return drv
+
+
+def reported(dev: VirtIOSerial) -> list[str]:
+    """The error_report() lines the device has emitted and nobody collected."""
+    return [e.message for e in dev.take_effects() if isinstance(e, ErrorReport)]
+
+
+# Was: virtqueue.pop raises a non-QEMU 'Indirect descriptor in indirect table' error; QEMU 7.2
+# virtqueue_split_pop ignores INDIRECT inside a table (FACTS.md §5.6)
+def test_indirect_flag_inside_an_indirect_table_is_ignored_like_qemu() -> None:
+    m = serial_machine({"driver": "virtserialport", "nr": "1", "chardev": "c1"}, chardevs=(MemoryChardev("c1"),))
+    dev = m.devices[0]
+    drv = open_port1(m)
+    q = drv.queue(5)
+    data = drv.kmalloc.alloc(64)
+    m.mem.write(data, b"hello")
+    table = drv.kmalloc.alloc(16)
+    m.mem.pack_into(vring.DESC, table, data, 5, INDIRECT, 0)  # INDIRECT inside the table
+    publish_raw(m.mem, q, [(table, 16, INDIRECT, 0)])
+    dev.kick(5)
+    assert not dev.broken, reported(dev)
+    assert m.host_receive("c1") == b"hello"
+
+
+# Was: port_guest_ready (chr_can_read) silently returns 0 on a malformed rx ring; QEMU's
+# virtio_serial_guest_ready -> virtqueue_get_avail_bytes calls virtio_error (FACTS.md §3, §5), so
+# a backend that honours can_read never pops and the device never breaks
+def test_can_read_on_a_malformed_rx_ring_marks_the_device_broken() -> None:
+    m = serial_machine({"driver": "virtserialport", "nr": "1", "chardev": "c1"}, chardevs=(MemoryChardev("c1"),))
+    dev = m.devices[0]
+    drv = open_port1(m)
+    q = drv.queue(4)
+    buf = drv.kmalloc.alloc(4096)
+    publish_raw(m.mem, q, [(buf, 100, WRITE | NEXT, 200)])  # under the 4096 bytes QEMU asks for
+    dev.ports[1].chr_can_read()  # type: ignore[attr-defined]
+    assert dev.broken
+    assert "Desc next is 200" in reported(dev)
+
+
+# Was: set_broken sets NEEDS_RESET when FEATURES_OK is set; QEMU's virtio_error sets it only when
+# VIRTIO_F_VERSION_1 was negotiated (FACTS.md §5)
+def test_broken_legacy_device_without_version_1_gets_no_needs_reset() -> None:
+    m = serial_machine()
+    dev = m.devices[0]
+    drv = RawDriver(dev)
+    drv.negotiate(dev.device_features() & ~(1 << vring.VIRTIO_F_VERSION_1))
+    q = drv.queue(3)
+    drv.driver_ok()
+    buf = drv.kmalloc.alloc(64)
+    publish_raw(m.mem, q, [(buf, 8, NEXT, 99)])
+    dev.kick(3)
+    assert dev.broken and "Desc next is 99" in reported(dev)
+    assert not dev.status & STATUS_NEEDS_RESET
+
+
+# ----------------------------------------- guest-controlled queue configuration
+
+# Was: configure_queue lets guest-chosen queue index/geometry raise (IndexError, GuestError,
+# MemoryAccessError) into the caller; QEMU ignores bad sizes/indices and reports unmappable rings
+# with virtio_error, never an exception
+@pytest.mark.parametrize(
+    ("index", "size", "desc", "avail", "used"),
+    [
+        (64, 128, 0x10000, 0x20000, 0x30000),  # queue_sel past the last queue
+        (3, 32, 64 * MiB - 16, 0x20000, 0x30000),  # descriptor table outside RAM
+        (3, 32, 0x10008, 0x20000, 0x30000),  # misaligned (QEMU does not check)
+        (3, 48, 0x10000, 0x20000, 0x30000),  # not a power of two
+    ],
+)
+def test_configure_queue_with_guest_values_never_raises(index: int, size: int, desc: int, avail: int, used: int) -> None:
+    dev = serial_machine().devices[0]
+    RawDriver(dev).negotiate()
+    dev.configure_queue(index, size, desc, avail, used)
+
+
+# Was: a ring outside RAM raises MemoryAccessError instead of QEMU's virtio_error 'Cannot map
+# desc' (virtio_init_region_cache)
+def test_configure_queue_outside_ram_marks_device_broken_with_cannot_map_desc() -> None:
+    dev = serial_machine().devices[0]
+    RawDriver(dev).negotiate()
+    try:
+        dev.configure_queue(3, 32, dev.mem.size - 16, 0x20000, 0x30000)
+    except Exception:
+        pass
+    assert dev.broken and "Cannot map desc" in reported(dev)

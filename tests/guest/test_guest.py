@@ -584,3 +584,15 @@ def test_cold_plugged_ports_beyond_the_32_control_buffers_are_lost_at_device_rea
     assert [p.name for p in ports] == [None] + [f"n{i}" for i in range(2, 33)]
     assert m.guest.listdir("/dev/virtio-ports") == sorted(f"n{i}" for i in range(2, 33))
     assert m.error_log == []
+
+
+# ------------------------------------------------ control rx fill out of memory
+
+# Was: guest fill_queue stops quietly on ENOMEM and DEVICE_READY 1 goes out for a partly filled
+# control rx queue; Linux fill_queue returns -ENOMEM on any failed alloc and probe sends
+# DEVICE_READY 0 (commit 'virtio_console: make fill_queue return int')
+def test_guest_sends_device_ready_0_when_control_rx_fill_runs_out_of_memory() -> None:
+    m = Machine(ram_size=1 * MiB + 32 * 1024)  # room for a handful of 4 KiB buffers, not 32
+    m.device_add({"driver": "virtio-serial"})
+    m.boot()
+    assert "virtio-serial-bus: Guest failure in adding device virtio-serial-bus.0" in m.error_log

@@ -16,6 +16,9 @@ import pytest
 from emulator.core.chardev import MemoryChardev
 from emulator.errors import ConfigError, GuestOSError
 from emulator.machine.machine import Machine
+from emulator.runtime.runtime import Runtime
+
+from tests.runtime.qmp_session import make
 
 
 def booted() -> Machine:
@@ -145,3 +148,47 @@ def test_system_reset_while_running_closes_ports_and_the_guest_comes_back() -> N
     g = m.guest.open("/dev/virtio-ports/org.x.one")  # not busy: the old opener is gone
     g.write(b"after reset")
     assert m.host_receive("c1") == b"after reset"
+
+
+# =================================== unplug cycles and a pending unplug at cont
+
+def test_unplug_replug_cycles_with_throttled_writes_free_all_guest_memory() -> None:
+    m = Machine()
+    m.chardev_add(MemoryChardev("c1"))
+    m.chardev_add(MemoryChardev("c2"))
+    m.device_add({"driver": "virtio-serial", "id": "vs0"})
+    m.boot()
+    base = m.guest.kmalloc.allocated
+    for cycle in range(3):
+        m.device_add({"driver": "virtio-serial", "id": "vs1", "max_ports": "4"})
+        m.device_add({"driver": "virtserialport", "id": "p1", "bus": "vs1.0", "chardev": "c1", "name": "org.x"})
+        m.device_add({"driver": "virtconsole", "bus": "vs1.0", "chardev": "c2"})
+        m.host_grant("c1", 0)
+        f = m.guest.open("/dev/virtio-ports/org.x")
+        with pytest.raises(OSError):
+            for _ in range(200):
+                f.write(b"x" * 3000)
+        m.host_send("c1", b"y" * 100_000)
+        m.device_del("vs1")
+        assert m.guest.kmalloc.allocated == base
+        assert m.guest.nodes == {} and m.guest.hvcs == {} and m.guest.links == {}
+        assert list(m.qdev_ids) == ["vs0"] and m.anon == {}
+        assert not m.chardevs["c1"].in_use and not m.chardevs["c2"].in_use
+        m.host_grant("c1", None)
+        f.close()
+    assert m._anon_count == 3  # never reused, as QEMU's peripheral-anon counter
+
+
+def test_cont_with_a_pending_unplug_sends_the_guest_side_events_after_the_reply(runtimes: list[Runtime]) -> None:
+    rt, s = make(runtimes, "-chardev", "ringbuf,id=r0", "-device", "virtio-serial,id=vs0",
+                 "-device", "virtio-serial,id=vs1", "-device", "virtserialport,id=p1,bus=vs1.0,chardev=r0,name=org.x")
+    s.cmd("cont")
+    rt.agent.open("/dev/virtio-ports/org.x", "w")  # the guest opens the port
+    s.cmd("stop")
+    s.cmd("device_del", id="vs1")
+    s.raw.clear()
+    s.cmd("cont")
+    seq = [m.get("event", "reply") for m in s.messages()]
+    assert seq[0] == "RESUME"
+    reply = seq.index("reply")
+    assert "VSERPORT_CHANGE" in seq[reply:], seq

@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from emulator.core.chardev import NullChardev
+from emulator.core.ports import VirtIOSerialPort
 from emulator.errors import ConfigError
 from emulator.machine.machine import Machine
 from emulator.machine.qdev import parse_opts
+
+from tests.machine.serial_machine import serial_machine
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "qemu"
 GOLDEN = json.loads((FIXTURES / "device_errors.json").read_text())
@@ -104,3 +108,38 @@ def test_success_assigns_qemu_port_ids(case: dict) -> None:
         for p in dev.ports.values():
             ours.setdefault(dev.bus_name, []).append((p.driver, p.id, p.qdev_id or ""))
     assert {b: sorted(v) for b, v in ours.items()} == {b: sorted(v) for b, v in expected.items()}
+
+
+# ---------------------------- device_add: QEMU 7.2's order and QemuOpts parsing
+
+# Was: device_add checks properties before the duplicate id; QEMU qdev_device_add sets the id
+# (qdev_set_id) before any property, so QMP answers "Duplicate device ID 'p0'" (checked on 7.2)
+def test_duplicate_device_id_is_reported_before_property_errors() -> None:
+    m = serial_machine({"driver": "virtserialport", "id": "p0"})
+    with pytest.raises(ConfigError, match=r"^Duplicate device ID 'p0'$"):
+        m.device_add({"driver": "virtserialport", "id": "p0", "foo": "1"}, from_json=True)
+
+
+# Was: chardev='' is refused with "can't find value ''"; QEMU's set_chr treats an empty string as
+# no chardev (checked on 7.2: -device virtserialport,chardev= starts)
+def test_empty_chardev_property_means_no_chardev() -> None:
+    m = serial_machine()
+    port = m.device_add({"driver": "virtserialport", "chardev": ""})
+    assert isinstance(port, VirtIOSerialPort) and port.chardev is None
+
+
+# Was: device_add(from_json=True) demands JSON integers; 7.2 device_add goes through QemuOpts, so
+# "nr": "3" is accepted (FACTS.md §2, checked on 7.2)
+def test_qmp_device_add_accepts_integer_property_as_string() -> None:
+    m = serial_machine()
+    port = m.device_add({"driver": "virtserialport", "nr": "3"}, from_json=True)
+    assert isinstance(port, VirtIOSerialPort) and port.id == 3
+
+
+# Was: device_add(from_json=True) reports "Invalid parameter type for 'nr', expected: integer";
+# QEMU 7.2 QMP says "Parameter 'nr' expects integer" (FACTS.md §2, checked for "abc" and true)
+@pytest.mark.parametrize("value", ["abc", True])
+def test_qmp_device_add_bad_integer_uses_qemu_opts_message(value: Any) -> None:
+    m = serial_machine()
+    with pytest.raises(ConfigError, match=r"^Parameter 'nr' expects integer$"):
+        m.device_add({"driver": "virtserialport", "nr": value}, from_json=True)

@@ -771,3 +771,33 @@ def test_a_missing_vserial_plugins_module_is_a_plugin_error(monkeypatch: pytest.
     monkeypatch.setenv("VSERIAL_PLUGINS", "no_such_vserial_plugin_module")
     with pytest.raises(PluginError, match=r"^VSERIAL_PLUGINS: cannot import plugin module 'no_such_vserial_plugin_module'"):
         make_plugin_manager(autoload=False)
+
+
+# ----------------------------------- port type hooks follow QEMU's handle_input
+
+
+class _CountingPort(VirtIOSerialPort):
+    driver = "counting-port"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.writable_calls = 0
+
+    def guest_writable(self) -> None:
+        self.writable_calls += 1
+
+
+# Was: kick on an rx queue calls the port type's guest_writable hook unconditionally; QEMU
+# handle_input calls it only when guest_connected && host_connected (FACTS.md §3)
+def test_guest_writable_hook_not_called_while_port_is_closed() -> None:
+    class Plugin:
+        @hookimpl
+        def vserial_port_types(self) -> list[type[VirtIOSerialPort]]:
+            return [_CountingPort]
+
+    m = Machine(plugins=make_plugin_manager([Plugin()], autoload=False))
+    m.device_add({"driver": "virtio-serial"})
+    port = m.device_add({"driver": _CountingPort.driver, "nr": "1"})
+    m.boot()  # the guest fills port 1's rx ring and kicks it; nobody has the port open
+    assert isinstance(port, _CountingPort)
+    assert port.writable_calls == 0

@@ -20,6 +20,7 @@ from emulator.state.records import VirtIOSerialRecord, capture, registry, restor
 from emulator.core.trace import Trace
 
 from tests.core.rawdriver import RawDriver, ready_device
+from tests.machine.serial_machine import serial_machine
 
 CMDLINE = [
     {"driver": "virtio-serial", "id": "vser0", "max_ports": "8"},
@@ -185,3 +186,54 @@ def test_destination_with_a_different_command_line_is_refused() -> None:
     dst = build(cmdline=CMDLINE[:3] + [{"driver": "virtserialport", "chardev": "c2", "id": "p2", "nr": "3"}])
     with pytest.raises(vmstate.ValidationError, match=r"ports_map: ports in use differ: stream \[0, 1, 2\], this device \[0, 1, 3\]"):
         load_into(dst, stream(src))
+
+
+# ------------------ loads QEMU accepts: extra console, closed host, trace order
+
+# Was: restore refuses a destination with an extra console at id 0 (port count must match, then
+# _post_load would KeyError); QEMU loads it: the map is equal and only the source's ports are
+# fetched (FACTS.md §4 'Loads that succeed')
+def test_restore_into_destination_with_an_extra_console_succeeds() -> None:
+    src = serial_machine({"driver": "virtserialport", "nr": "2"})
+    dst = serial_machine({"driver": "virtconsole"}, {"driver": "virtserialport", "nr": "2"})
+    restore(dst.devices[0], capture(src.devices[0]))
+    assert list(dst.devices[0].ports) == [0, 2]
+
+
+def _dst_with_c1_closed() -> Machine:
+    m = Machine(ram_size=16 << 20, trace=Trace(["virtio_serial_*"]))
+    m.chardev_add(MemoryChardev("con"))
+    m.chardev_add(MemoryChardev("c1", connected=False))
+    m.chardev_add(MemoryChardev("c2"))
+    for props in CMDLINE:
+        m.device_add(dict(props))
+    return m
+
+
+# Was: restore copies the saved 'throttled' flag and only unthrottles when the destination host is
+# connected; QEMU does not migrate throttled and calls throttle_port(false) for every port with a
+# held element (FACTS.md §4). A port loaded while its host is closed stays throttled forever:
+# later guest writes never reach the host
+def test_restore_unthrottles_held_port_even_when_destination_host_is_closed() -> None:
+    src, drv = source()
+    dst = _dst_with_c1_closed()
+    load_into(dst, stream(src))
+    dev = dst.devices[0]
+    assert not dev.ports[1].throttled
+    dst.host_connect("c1")
+    drv.dev, drv.mem = dev, dst.mem
+    drv.write(1, b"jkl")
+    assert dst.host_receive("c1").endswith(b"jkl")
+
+
+# Was: QEMU unthrottles held ports while loading (fetch_active_ports_list) and sends the PORT_OPEN
+# for a changed host side later from the post-load timer; the trace order is reversed here
+def test_restore_traces_unthrottle_before_post_load_port_open() -> None:
+    src, _ = source()
+    dst = build(c2_connected=False)
+    dst.trace.take()
+    load_into(dst, stream(src))
+    assert dst.trace.take() == [
+        "virtio_serial_throttle_port port 1, throttle 0",
+        "virtio_serial_send_control_event port 2, event 6, value 0",
+    ]
