@@ -108,7 +108,7 @@ def registry() -> vmstate.Registry:
 # A record's attrs fields (their order and types are the stream format) are
 # the list capture and restore go over.  What is not a plain copy between a
 # record field and the live attribute of the same name is said once here;
-# tests/emulator/test_state_records.py checks these tables against the
+# tests/state/test_state_records.py checks these tables against the
 # records and the live objects and names any field that has no entry.
 
 # VirtQueueState fields the stream does not carry, and where restore takes
