@@ -226,12 +226,13 @@ def render(summary: dict[str, Any], console: Console) -> None:
     for col in ("#", "section", "instance", "version", "status"):
         sections.add_column(col)
     for i, item in enumerate(summary["items"]):
-        if item["kind"] == "section":
+        # an item that failed its check has only kind and error, whatever its kind
+        if "error" in item:
+            sections.add_row(str(i), _text(item["kind"]), "", "", _text(item["error"]))
+        elif item["kind"] == "section":
             sections.add_row(
                 str(i), _text(item["name"]), _text(item["instance_id"]), _text(item["version"]), _text(item["status"])
             )
-        elif "error" in item:
-            sections.add_row(str(i), _text(item["kind"]), "", "", _text(item["error"]))
     console.print(sections)
     if summary["ram"]:
         ram = Table(title="RAM")
@@ -244,7 +245,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
             )
         console.print(ram)
     for item in summary["items"]:
-        if item["kind"] == "section":
+        if item["kind"] == "section" and "error" not in item:
             title = _text(item["name"], "bold")
             title.append(_text(f" instance {item['instance_id']} v{item['version']}"))
             tree = Tree(title)

@@ -34,6 +34,31 @@ def _strerror(err: Exception) -> str:
 
 _OPEN_ERRORS = (OSError, ValueError, OverflowError)
 
+_QAPI_KINDS: dict[str, tuple[type, str]] = {
+    "str": (str, "string"),
+    "bool": (bool, "boolean"),
+    "int": (int, "integer"),
+    "object": (dict, "object"),
+}
+
+
+def qapi_member(data: Mapping[str, Any], key: str, kind: str, where: str, required: bool = False) -> Any:
+    """One member of a QMP argument object, checked as QAPI's input visitor
+    checks it, with its messages; ``where`` is the path of ``data`` (e.g.
+    ``backend.data.``).  An absent optional member is None."""
+    if key not in data:
+        if required:
+            raise ConfigError(f"Parameter '{where}{key}' is missing")
+        return None
+    value = data[key]
+    pytype, name = _QAPI_KINDS[kind]
+    fits = isinstance(value, pytype)
+    if kind == "int":  # a JSON true is no integer; QAPI's int is an int64
+        fits = fits and not isinstance(value, bool) and -(2**63) <= value < 2**64
+    if not fits:
+        raise ConfigError(f"Invalid parameter type for '{where}{key}', expected: {name}")
+    return value
+
 
 class Backend:
     """A ``-chardev`` kind: its name, options and constructor.
@@ -62,24 +87,25 @@ class Backend:
 
 
 def parse_size(name: str, text: str) -> int:
-    """qemu_strtosz: a number with an optional k/M/G/T/P/E suffix."""
-    s = text.strip()
+    """qemu_strtosz: a number with an optional B/k/M/G/T/P/E suffix; a
+    fraction needs a suffix above bytes (QEMU refuses "1.5" and "1.5B")."""
+    s = text.lstrip()
     mult = 1
     suffixes = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
     if s and s[-1].lower() in suffixes:
         mult = suffixes[s[-1].lower()]
         s = s[:-1]
     try:
-        value = float(s) if "." in s else int(s, 0)
+        value = float(s) if "." in s and mult > 1 else int(s, 0)
     except ValueError:
         value = -1
-    if value < 0 or not s:
+    if value < 0 or not s or s[-1].isspace():  # strtod stops at "5 M"'s space
         raise ConfigError(
             f"Parameter '{name}' expects a non-negative number below 2^64\n"
             "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
             "and exabytes, respectively."
         )
     result = int(value * mult)
-    if result >= 2**64:
-        raise ConfigError(f"Parameter '{name}' expects a non-negative number below 2^64")
+    if result >= 2**64:  # parse_option_size: qemu_strtosz said ERANGE
+        raise ConfigError(f"Value '{text}' is out of range for parameter '{name}'")
     return result

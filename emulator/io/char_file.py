@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from emulator.core.chardev import Chardev, IOLoop
 from emulator.errors import ConfigError
-from emulator.io.backend import _OPEN_ERRORS, Backend, _bool_opt, _strerror
+from emulator.io.backend import _OPEN_ERRORS, Backend, _bool_opt, _strerror, qapi_member
 from emulator.io.char_fd import StreamChardev
 
 
@@ -73,10 +73,7 @@ class FileBackend(Backend):
         return FileChardev(chardev_id, path, _bool_opt(opts, "append", False))
 
     def qmp_to_opts(self, data: Mapping[str, Any]) -> dict[str, str]:
-        out = data.get("out")
-        if not isinstance(out, str):
-            raise ConfigError("Parameter 'out' is missing")
-        opts = {"path": out}
-        if data.get("append"):
+        opts = {"path": qapi_member(data, "out", "str", "backend.data.", required=True)}
+        if qapi_member(data, "append", "bool", "backend.data."):
             opts["append"] = "on"
         return opts

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from emulator.core.chardev import Chardev, IOLoop
 from emulator.errors import ConfigError
-from emulator.io.backend import _OPEN_ERRORS, Backend, _strerror
+from emulator.io.backend import _OPEN_ERRORS, Backend, _strerror, qapi_member
 from emulator.io.char_fd import StreamChardev
 
 
@@ -68,6 +68,4 @@ class PipeBackend(Backend):
         return PipeChardev(chardev_id, path)
 
     def qmp_to_opts(self, data: Mapping[str, Any]) -> dict[str, str]:
-        if not isinstance(data.get("device"), str):
-            raise ConfigError("Parameter 'device' is missing")
-        return {"path": data["device"]}
+        return {"path": qapi_member(data, "device", "str", "backend.data.", required=True)}

@@ -13,9 +13,23 @@ from typing import Any, ClassVar
 
 from emulator.core.chardev import Chardev, IOLoop
 from emulator.errors import ConfigError
-from emulator.io.backend import _OPEN_ERRORS, Backend, _bool_opt, _strerror
+from emulator.io.backend import _OPEN_ERRORS, Backend, _bool_opt, _strerror, qapi_member
 from emulator.io.char_fd import StreamChardev
 from emulator.machine.qdev import convert
+
+
+# QEMU arms the reconnect timer with qemu_chr_timeout_add_ms(), whose
+# interval is a guint of milliseconds; poll(2) waits at most INT_MAX ms.
+# A longer reconnect (reconnect=2**62) waits this long, then tries again.
+RECONNECT_MAX_SECONDS = (2**31 - 1) // 1000
+
+
+EAI_NONAME_TEXT = "Name or service not known"  # glibc's gai_strerror(EAI_NONAME)
+EAI_SERVICE_TEXT = "Servname not supported for ai_socktype"  # ... (EAI_SERVICE)
+
+
+class ResolveError(Exception):
+    """inet_parse/inet_listen_saddr: the host and port do not resolve."""
 
 
 class SocketChardev(StreamChardev):
@@ -53,7 +67,26 @@ class SocketChardev(StreamChardev):
         return socket.AF_UNIX if self.path is not None else socket.AF_INET6 if ":" in (self.host or "") else socket.AF_INET
 
     def _address(self) -> Any:
-        return self.path if self.path is not None else (self.host or "0.0.0.0", self.port or 0)
+        """The address to bind or connect to; an inet host is resolved
+        first, as QEMU's getaddrinfo() call does, with its message."""
+        if self.path is not None:
+            return self.path
+        host, port = self.host or "0.0.0.0", self.port or 0
+        prefix = f"address resolution failed for {self.host}:{self.port}"
+        if "\0" in host:
+            # QEMU keeps the NUL as C0 80 in a C string: no such name.
+            raise ResolveError(f"{prefix}: {EAI_NONAME_TEXT}")
+        if not 0 <= port <= 65535:
+            # QEMU: -1 and 2^70 are EAI_SERVICE; glibc would wrap 70000 to
+            # 4464 and QEMU binds that, which nobody means: refused alike.
+            raise ResolveError(f"{prefix}: {EAI_SERVICE_TEXT}")
+        try:
+            infos = socket.getaddrinfo(host, port, self._family(), socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            raise ResolveError(f"{prefix}: {err.strerror}") from None
+        except (UnicodeError, OverflowError, ValueError) as err:
+            raise ResolveError(f"{prefix}: {err}") from None
+        return infos[0][4]
 
     def _where(self) -> str:
         return self.path if self.path is not None else f"{self.host}:{self.port}"
@@ -82,6 +115,8 @@ class SocketChardev(StreamChardev):
         else:
             try:
                 self._connect()
+            except ResolveError as err:
+                raise ConfigError(str(err)) from None
             except _OPEN_ERRORS as err:
                 raise ConfigError(f"Failed to connect to '{self._where()}': {_strerror(err)}") from None
 
@@ -98,6 +133,9 @@ class SocketChardev(StreamChardev):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(self._address())
             sock.listen(1)
+        except ResolveError as err:
+            sock.close()
+            raise ConfigError(str(err)) from None
         except _OPEN_ERRORS as err:
             sock.close()
             where = self.path if self.path is not None else f"{self.host}:{self.port}"
@@ -116,9 +154,10 @@ class SocketChardev(StreamChardev):
         self._attach_conn(conn)
 
     def _connect(self) -> None:
+        address = self._address()
         sock = socket.socket(self._family(), socket.SOCK_STREAM)
         try:
-            sock.connect(self._address())
+            sock.connect(address)
         except OSError:
             sock.close()
             raise
@@ -165,7 +204,8 @@ class SocketChardev(StreamChardev):
     def _schedule_reconnect(self) -> None:
         if self.loop is None or self._reconnect_timer is not None:
             return
-        self._reconnect_timer = self.loop.call_later(self.reconnect, self._try_reconnect)
+        delay = min(self.reconnect, RECONNECT_MAX_SECONDS)
+        self._reconnect_timer = self.loop.call_later(delay, self._try_reconnect)
 
     def _try_reconnect(self) -> None:
         self._reconnect_timer = None
@@ -175,10 +215,16 @@ class SocketChardev(StreamChardev):
         """A non-blocking connect: done now, failed now, or in progress
         (a TCP handshake; a writability watch tells the outcome)."""
         assert self.loop is not None
+        try:
+            address = self._address()
+        except ResolveError as err:
+            self._report(str(err), report)
+            self._schedule_reconnect()
+            return
         sock = socket.socket(self._family(), socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            code = sock.connect_ex(self._address())
+            code = sock.connect_ex(address)
         except _OPEN_ERRORS as err:
             code = err.errno if isinstance(err, OSError) and err.errno else errno.EINVAL
         if code == 0:
@@ -204,10 +250,12 @@ class SocketChardev(StreamChardev):
             self._attach_conn(sock)
 
     def _connect_failed(self, code: int, report: bool) -> None:
-        if report:
-            message = f"Failed to connect to '{self._where()}': {os.strerror(code)}"
-            print(f"vserial: Unable to connect character device {self.id}: {message}", file=sys.stderr, flush=True)
+        self._report(f"Failed to connect to '{self._where()}': {os.strerror(code)}", report)
         self._schedule_reconnect()
+
+    def _report(self, message: str, report: bool) -> None:
+        if report:
+            print(f"vserial: Unable to connect character device {self.id}: {message}", file=sys.stderr, flush=True)
 
     def filename(self) -> str:
         """QEMU's chr->filename (qemu_chr_compute_filename / SocketAddress)."""
@@ -299,35 +347,36 @@ class SocketBackend(Backend):
         )
 
     def qmp_to_opts(self, data: Mapping[str, Any]) -> dict[str, str]:
-        addr = data.get("addr")
-        if not isinstance(addr, dict):
-            raise ConfigError("Parameter 'addr' is missing")
+        """ChardevSocket, its members checked in the QAPI schema's order."""
+        addr = qapi_member(data, "addr", "object", "backend.data.", required=True)
         kind = addr.get("type")
-        inner = addr.get("data", {})
-        if not isinstance(inner, dict):
-            raise ConfigError("Invalid parameter type for 'data', expected: object")
         opts: dict[str, str] = {}
-        if kind == "unix":
-            if not isinstance(inner.get("path"), str):
-                raise ConfigError("Parameter 'path' is missing")
-            opts["path"] = inner["path"]
-        elif kind == "inet":
-            if not isinstance(inner.get("host"), str):
-                raise ConfigError("Parameter 'host' is missing")
-            if not isinstance(inner.get("port"), str):
-                raise ConfigError("Parameter 'port' is missing")
-            opts["host"], opts["port"] = inner["host"], inner["port"]
+        if kind in ("unix", "inet"):
+            inner = qapi_member(addr, "data", "object", "backend.data.addr.", required=True)
+            where = "backend.data.addr.data."
+            if kind == "unix":
+                opts["path"] = qapi_member(inner, "path", "str", where, required=True)
+            else:
+                opts["host"] = qapi_member(inner, "host", "str", where, required=True)
+                opts["port"] = qapi_member(inner, "port", "str", where, required=True)
         elif kind in ("fd", "vsock"):
             raise ConfigError(f"socket address type '{kind}' is not supported by vserial")
+        elif kind is None:
+            raise ConfigError("Parameter 'backend.data.addr.type' is missing")
         else:
             raise ConfigError(f"Parameter 'backend.data.addr.type' does not accept value '{kind}'")
         for key in ("server", "wait", "nodelay"):
-            if key in data:
-                opts[key] = "on" if data[key] else "off"
-        if "server" not in data:
+            value = qapi_member(data, key, "bool", "backend.data.")
+            if value is not None:
+                opts[key] = "on" if value else "off"
+        if "server" not in opts:
             opts["server"] = "on"  # ChardevSocket.server defaults to true
-        if "wait" not in data:
+        if "wait" not in opts:
             opts["wait"] = "off" if opts["server"] == "on" else "on"
-        if "reconnect" in data:
-            opts["reconnect"] = str(data["reconnect"])
+        reconnect = qapi_member(data, "reconnect", "int", "backend.data.")
+        if reconnect is not None:
+            if reconnect >= 2**63:
+                raise ConfigError("Invalid parameter type for 'backend.data.reconnect', expected: integer")
+            # QEMU's reconnect_time is an int64; 0 or less means "do not reconnect"
+            opts["reconnect"] = str(max(reconnect, 0))
         return opts

@@ -43,7 +43,7 @@ from emulator.core.trace import Trace
 from emulator.errors import ConfigError, InputError
 from emulator.io.backend import parse_size
 from emulator.machine.machine import MACHINE_TYPES
-from emulator.machine.qdev import parse_opts, port_types, transport_types
+from emulator.machine.qdev import convert, parse_opts, port_types, transport_types
 from emulator.runtime.runtime import VERSION, Runtime
 
 PROG = "vserial"
@@ -304,14 +304,24 @@ def _machine(cl: CommandLine, given: Given) -> None:
             "unsupported machine type\nUse -machine help to list supported machines"])
 
 
+RAM_ALIGN = 8192  # hw/core/machine.c: the RAM size is aligned up to 8 KiB
+
+
 def _ram_size(cl: CommandLine, given: Given) -> None:
+    """-m [size=]N[suffix]: QEMU 7.2's parse_memory_options.  The text is a
+    size (checked as such); without a suffix it means MiB; 0 or nothing is
+    the default 128 MiB; the size is then aligned up to 8 KiB (-m 1048577B
+    gives 1056768 bytes), never refused for being small."""
     text = parse_opts(given.arg, "size").get("size", "")
-    size = parse_size("size", text if text[-1:].isalpha() else text + "M") if text else 128 * MiB
+    size = parse_size("size", text) if text else 0
+    if text[-1:].isdigit():  # the legacy suffix-less form
+        try:
+            size = parse_size("size", text + "M")
+        except ConfigError:
+            raise UsageError("", "Parameter 'memory.size' expects size") from None
     if size == 0:
-        size = 128 * MiB  # QEMU: -m 0 means the default
-    if size < MiB:
-        raise ConfigError("ram size too small")
-    cl.ram_size = size
+        size = 128 * MiB  # backward compatibility behaviour for case "-m 0"
+    cl.ram_size = -(-size // RAM_ALIGN) * RAM_ALIGN
 
 
 def _name(cl: CommandLine, given: Given) -> None:
@@ -342,8 +352,23 @@ def _log_file(cl: CommandLine, given: Given) -> None:
     cl.log_file = given.arg
 
 
+MSG_OPTIONS = ("timestamp", "guest-name")  # qemu_msg_opts: both booleans
+
+
+def _msg_opts(cl: CommandLine, given: Given, warn: bool) -> dict[str, str]:
+    """-msg's options, checked as QEMU's qemu_msg_opts list checks them."""
+    mopts = cl.parse_warn(given, "") if warn else parse_opts(given.arg, "")
+    for key, value in mopts.items():
+        if key not in MSG_OPTIONS:
+            raise ConfigError(f"Invalid parameter '{key}'")
+        convert(key, "bool", value)
+    return mopts
+
+
 def _msg(cl: CommandLine, given: Given) -> None:
-    """-msg: applied by ``build`` before every other option (see there)."""
+    """-msg: its timestamp flag is applied by ``build`` before every other
+    option (see there); its errors are reported here, in command-line order."""
+    _msg_opts(cl, given, warn=True)
 
 
 def _daemonize(cl: CommandLine, given: Given) -> None:
@@ -418,8 +443,12 @@ def build(argv: list[str], *, stdout: IO[str] | None = None, reporter: Reporter 
             if code is not None:
                 raise SystemExit(code)
     for given in options:  # -msg first: it changes how every later message looks
-        if given.name == "msg" and parse_opts(given.arg, "").get("timestamp") == "on":
-            cl.reporter.timestamps = True
+        if given.name == "msg":
+            try:
+                timestamps = _msg_opts(cl, given, warn=False).get("timestamp") == "on"
+            except ConfigError:
+                continue  # reported in order, by _msg
+            cl.reporter.timestamps = timestamps
     for given in options:
         try:
             OPTIONS[given.name].apply(cl, given)
@@ -477,7 +506,7 @@ def _assemble(cl: CommandLine, trace: Trace, log: IO[str] | None) -> Runtime:
     try:
         rt = Runtime(ram_size=cl.ram_size, name=cl.guest_name, trace=trace, paused=cl.paused,
                      machine_type=cl.machine_type)
-    except MemoryError:
+    except (MemoryError, OverflowError):  # OverflowError: above what a bytearray can index
         if log is not None:
             log.close()
         raise UsageError("", "cannot set up guest memory 'pc.ram': Cannot allocate memory") from None

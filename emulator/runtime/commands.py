@@ -147,7 +147,10 @@ class QmpCommands:
             raise QMPError("Invalid parameter type for 'data', expected: object")
         if id in self.machine.chardevs:
             raise QMPError(f"Chardev with id '{id}' already exists")
-        opts = be.qmp_to_opts(data)
+        try:  # the QAPI checks of ``data``: their messages carry no prefix
+            opts = be.qmp_to_opts(data)
+        except ConfigError as err:
+            raise QMPError(str(err)) from None
         try:
             self.chardev_new(id, kind, opts)
         except ConfigError as err:

@@ -567,6 +567,60 @@ def test_m_rejects_what_qemu_rejects(value: str) -> None:
     assert err.message.startswith("Parameter 'size' expects a non-negative number below 2^64\n")
 
 
+# QEMU 7.2 (query-memory-size-summary's base-memory): the size is aligned up to
+# 8 KiB, small sizes included; a fraction needs a suffix above bytes.
+@pytest.mark.parametrize("value,size", [("1048577B", 1056768), ("1025k", 1056768), ("3B", 8192), ("1.5k", 8192),
+                                        ("1023k", 1048576), ("1000k", 1024000), ("8193k", 8396800),
+                                        ("1.1M", 1155072), (" 5", 5 * MiB), ("", 128 * MiB)])
+def test_m_aligns_the_ram_size_up_to_8_kib_as_qemu(value: str, size: int, build: Callable[..., Runtime]) -> None:
+    assert build("-m", value).machine.mem.size == size
+
+
+@pytest.mark.parametrize("value", ["1.5", "1.5B", "0.5", "5 M", "5MB", "1e3"])
+def test_m_refuses_what_qemu_7_2_refuses(value: str) -> None:
+    err = build_error("-m", value)
+    assert (err.where, err.message) == (f"-m {value}",
+                                        "Parameter 'size' expects a non-negative number below 2^64\n"
+                                        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                                        "and exabytes, respectively.")
+
+
+def test_m_of_2_to_the_64_is_out_of_range() -> None:
+    err = build_error("-m", "16E")
+    assert (err.where, err.message) == ("-m 16E", "Value '16E' is out of range for parameter 'size'")
+
+
+def test_m_of_too_many_mib_says_memory_size_expects_size() -> None:
+    err = build_error("-m", str(2**44))  # 2^44 MiB is 2^64 bytes; QEMU prints no option prefix
+    assert (err.where, err.message) == ("", "Parameter 'memory.size' expects size")
+
+
+def test_m_of_15e_cannot_set_up_guest_memory() -> None:
+    err = build_error("-m", "15E")  # was: OverflowError from bytearray()
+    assert (err.where, err.message) == ("", "cannot set up guest memory 'pc.ram': Cannot allocate memory")
+
+
+# QEMU 7.2's answers (qemu_msg_opts: timestamp and guest-name, both booleans).
+@pytest.mark.parametrize("value,message", [
+    ("=x", "Invalid parameter ''"),
+    ("x", "Invalid parameter 'x'"),
+    ("timestamp=x", "Parameter 'timestamp' expects 'on' or 'off'"),
+    ("timestamp=on,x=1", "Invalid parameter 'x'"),
+])
+def test_msg_errors_are_usage_errors(value: str, message: str) -> None:
+    err = build_error("-msg", value)
+    assert (err.where, err.message) == (f"-msg {value}", message)
+
+
+def test_msg_error_exits_1_with_qemus_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    assert qemu_cli.main(["-msg", "=x"]) == 1
+    assert capsys.readouterr().err == "vserial: -msg =x: Invalid parameter ''\n"
+
+
+def test_msg_accepts_guest_name(build: Callable[..., Runtime]) -> None:
+    build("-msg", "timestamp=off,guest-name=on")
+
+
 # ---------------------------------------------------------- -trace and -D
 
 

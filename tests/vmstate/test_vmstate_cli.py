@@ -111,7 +111,31 @@ def test_dump_of_a_far_future_created_time_does_not_crash(tmp_path: Path, capsys
     header = dict(HEADER_MAP, created=2**64 - 1)
     path = tmp_path / "future.vmstate"
     path.write_bytes(seal([header]))
-    assert main(["dump", str(path), "--json"], emu_registry()) in (0, 1)
+    for extra in ([], ["--json"]):
+        assert main(["dump", str(path), *extra], emu_registry()) == 1
+        out, err = capsys.readouterr()
+        assert (out, err) == ("", f"vserial vmstate dump: {path}: header: created time {2**64 - 1} "
+                                  "is after the year 9999\n")
+
+
+# Was: text mode looked at kind == "section" before the error case: KeyError 'name'.
+@pytest.mark.parametrize("item,error", [
+    (["section"], "malformed section item"),
+    (["section", "x"], "malformed section item"),
+    (["ram"], "malformed RAM item"),
+], ids=["section", "section-short", "ram"])
+def test_dump_text_lists_a_malformed_item_with_its_error(item: list[Any], error: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "malformed.vmstate"
+    path.write_bytes(seal([HEADER_MAP, item]))  # a valid digest around a bad item
+    kind = item[0]
+    assert main(["dump", str(path), "--json"], emu_registry()) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == [{"kind": kind, "error": error}]
+    assert main(["dump", str(path)], emu_registry()) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    row = next(line for line in out.splitlines() if line.startswith("│ 0 "))
+    assert [cell.strip() for cell in row.strip("│").split("│")] == ["0", kind, "", "", error]
 
 
 def test_schema_json_is_the_registry_schema(capsys: pytest.CaptureFixture[str]) -> None:
