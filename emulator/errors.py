@@ -43,6 +43,15 @@ class ConfigValueError(ConfigError, ValueError):
     size, queue size); a ``ValueError`` too, as these always were."""
 
 
+class SeparateReports(ConfigError):
+    """Several error reports, each printed with the option prefix (QEMU's
+    -qmp parse failure prints two)."""
+
+    def __init__(self, reports: list[str]) -> None:
+        super().__init__("\n".join(reports))
+        self.reports = reports
+
+
 class PluginError(ConfigError):
     """A plugin is malformed: unknown hook, clashing names, bad return."""
 
@@ -88,6 +97,29 @@ class GuestOSError(VSerialError, OSError):
 class InputError(VSerialError):
     """A request over a protocol (QMP, the command line, a guest-program
     command) that cannot be carried out; answered, never fatal."""
+
+
+class ParseError(InputError):
+    """Input that is not JSON as QEMU's parser reads it."""
+
+
+class UsageError(InputError):
+    """A command-line error: ``vserial: <where>: <message>``, exit 1."""
+
+    def __init__(self, where: str, message: str, reports: list[str] | None = None) -> None:
+        super().__init__(f"{where}: {message}" if where else message)
+        self.where = where
+        self.message = message
+        self.reports = reports or [message]
+
+    @classmethod
+    def wrap(cls, where: str, err: ConfigError) -> UsageError:
+        return cls(where, str(err), err.reports if isinstance(err, SeparateReports) else None)
+
+    def lines(self, prog: str = "vserial") -> str:
+        """What the command prints: each report with the option prefix."""
+        prefix = f"{prog}: {self.where}: " if self.where else f"{prog}: "
+        return "".join(prefix + r + "\n" for r in self.reports)
 
 
 class QMPError(InputError):

@@ -3,6 +3,7 @@ and docs/architecture.md naming exactly the packages that exist."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,7 +11,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,9 @@ def test_import_linter_contracts_are_kept() -> None:
         ("emulator/core/memory.py", "import socket", "sans-IO"),
         ("emulator/guest/kmalloc.py", "from emulator.machine import machine", "layers"),
         ("emulator/machine/qom.py", "import vmstate", "only importer of vmstate"),
+        ("vmstate/codec.py", "import emulator.errors", "vmstate knows nothing of the emulator"),
+        ("emulator/guest/kernel.py", "from emulator.core.device import VirtIOSerial", "registers"),
+        ("emulator/state/records.py", "import subprocess", "sans-IO"),
     ],
 )
 def test_a_wrong_import_breaks_a_contract(tmp_path: Path, module: str, bad_import: str, contract: str) -> None:
@@ -53,54 +56,48 @@ def test_a_wrong_import_breaks_a_contract(tmp_path: Path, module: str, bad_impor
     assert "BROKEN" in result.stdout and contract in result.stdout, result.stdout
 
 
+def _import_cycles(tree: Path) -> list[list[str]]:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "import_cycles.py")],
+        cwd=tree, capture_output=True, text=True, timeout=300, check=True,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+    )
+    cycles: list[list[str]] = json.loads(result.stdout)
+    return cycles
+
+
 def test_no_import_cycles_even_under_type_checking() -> None:
-    graph = grimp.build_graph("emulator", "vmstate", exclude_type_checking_imports=False)
-    modules = sorted(graph.modules)
-    edges = {m: sorted(graph.find_modules_directly_imported_by(m) & set(modules)) for m in modules}
-    # Tarjan's strongly connected components; a component of two or more is a cycle.
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    cycles: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in edges[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                cycles.append(sorted(component))
-
-    for m in modules:
-        if m not in index:
-            visit(m)
-    # A package's __init__ importing its own submodule is not a cycle of layers.
-    cycles = [c for c in cycles if not all(x == c[0] or x.startswith(c[0] + ".") for x in c)]
-    assert cycles == []
+    assert _import_cycles(ROOT) == []
 
 
-def test_importing_the_machine_loads_no_io_and_no_plugin_machinery() -> None:
+def test_a_cycle_through_a_package_init_under_type_checking_is_found(tmp_path: Path) -> None:
+    """The cycle check is not vacuous: ports -> emulator.core -> device -> ports."""
+    for name in ("emulator", "vmstate"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    init = tmp_path / "emulator" / "core" / "__init__.py"
+    init.write_text(init.read_text() + "from emulator.core.device import VirtIOSerial  # noqa: F401\n")
+    ports = tmp_path / "emulator" / "core" / "ports.py"
+    ports.write_text(ports.read_text() + "\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from emulator.core import VirtIOSerial\n")
+    assert ["emulator.core", "emulator.core.device", "emulator.core.ports"] in [
+        [m for m in c if m in ("emulator.core", "emulator.core.device", "emulator.core.ports")]
+        for c in _import_cycles(tmp_path)
+    ]
+
+
+@pytest.mark.parametrize(
+    "module", ["emulator.machine.machine", "emulator.state.records", "emulator.guest.kernel", "emulator.core.device"]
+)
+def test_importing_a_sans_io_layer_loads_no_io_and_no_plugin_machinery(module: str) -> None:
+    """What the import itself loads (the interpreter's start-up, e.g. a site
+    .pth file, is the baseline and must not load these either)."""
     code = (
         "import sys\n"
-        "import emulator.machine.machine\n"
-        f"print(sorted(m for m in {IO_MODULES!r} if m in sys.modules))\n"
+        f"before = {{m for m in {IO_MODULES!r} if m in sys.modules}}\n"
+        f"import {module}\n"
+        f"print(sorted(before), sorted(m for m in {IO_MODULES!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[] []"
 
 
 def test_a_machine_builds_and_boots_with_the_builtin_port_types_alone() -> None:

@@ -30,6 +30,7 @@ Guest programs are non-blocking: where Linux would sleep, the call raises
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterator
 
 import attrs
@@ -65,8 +66,6 @@ DRIVER_FEATURES = (
 
 
 def _oserror(code: int, what: str) -> GuestOSError:
-    import os
-
     return GuestOSError(code, f"{what}: {os.strerror(code)}")
 
 

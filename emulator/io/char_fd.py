@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import termios
 import time
 
@@ -143,8 +144,6 @@ class StreamChardev(Chardev):
         return n
 
     def flush_blocking(self, data: bytes, timeout: float) -> None:
-        import select as _select
-
         fd = self.out_fd
         view = memoryview(data)
         deadline = time.monotonic() + timeout
@@ -158,7 +157,7 @@ class StreamChardev(Chardev):
             view = view[n:]
             if view:
                 left = deadline - time.monotonic()
-                if left <= 0 or not _select.select([], [fd], [], left)[1]:
+                if left <= 0 or not select.select([], [fd], [], left)[1]:
                     return
 
     def _watch_writable(self) -> None:

@@ -16,7 +16,6 @@ machine loads no plugin machinery and no I/O.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -66,7 +65,8 @@ class MachineHooks(Protocol):
 class BuiltinPorts:
     """virtconsole and virtserialport, and nobody listening."""
 
-    port_types: dict[str, type[VirtIOSerialPort]] = {c.driver: c for c in (VirtConsole, VirtSerialPort)}
+    def __init__(self) -> None:
+        self.port_types: dict[str, type[VirtIOSerialPort]] = {c.driver: c for c in (VirtConsole, VirtSerialPort)}
 
     def port_type(self, driver: str) -> type[VirtIOSerialPort] | None:
         return self.port_types.get(driver)
@@ -107,6 +107,7 @@ class Machine:
         self.machine_type = MACHINE_TYPES[machine_type]
         # The one run state: -S starts in prelaunch, otherwise the machine runs.
         self.runstate = RunStateMachine(RunState.PRELAUNCH if paused else RunState.RUNNING)
+        self.autostart = not paused  # QEMU's autostart: run once an incoming migration is in
         self.devices: list[VirtIOSerial] = []
         self.chardevs: dict[str, Chardev] = {}
         self.qom: QomTree[Device] = QomTree()
@@ -115,7 +116,11 @@ class Machine:
         self.init_done = False  # cold plug finished: -global errors become warnings
         self._bus_auto_ids = 0
         self.events: list[QmpEvent] = []
+        # error_report()/warn_report() lines from the devices and the machine:
+        # one channel, kept here and handed to the listeners (vserial run
+        # prints them on stderr, as QEMU does).
         self.error_log: list[str] = []
+        self.report_listeners: list[Callable[[str], None]] = []
         self.event_listeners: list[Callable[[QmpEvent], None]] = []
         self.guest = GuestKernel(self)
         self.irqs: PendingInterrupts[VirtIOSerial] = PendingInterrupts()
@@ -213,7 +218,7 @@ class Machine:
                 message = f"can't apply global {gdriver}.{prop}={value}: {err}"
                 if not self.init_done:
                     raise ConfigError(message) from None
-                print(f"vserial: warning: {message}", file=sys.stderr, flush=True)
+                self.report(f"warning: {message}")
                 continue
             props[prop] = value
 
@@ -449,6 +454,14 @@ class Machine:
         self.runstate.set(state)
         self._event(QmpEvent("STOP", {}))
 
+    def stop_force_state(self, state: RunState) -> None:
+        """vm_stop_force_state: a running machine stops into ``state``; a
+        stopped one just changes state (no STOP event)."""
+        if self.running:
+            self.stop(state)
+        else:
+            self.runstate.set(state)
+
     def cont(self) -> None:
         """vm_start: RESUME, then what waited for the guest runs."""
         if self.running:
@@ -467,6 +480,12 @@ class Machine:
         for listener in list(self.event_listeners):
             listener(ev)
 
+    def report(self, message: str) -> None:
+        """QEMU's error_report/warn_report: one line for the host's user."""
+        self.error_log.append(message)
+        for listener in list(self.report_listeners):
+            listener(message)
+
     def _collect(self, dev: VirtIOSerial) -> None:
         if not dev.effects:
             return
@@ -476,7 +495,7 @@ class Machine:
             elif isinstance(eff, QmpEvent):
                 self._event(eff)
             elif isinstance(eff, ErrorReport):
-                self.error_log.append(eff.message)
+                self.report(eff.message)
             elif isinstance(eff, PortChange):
                 if eff.side == "guest":
                     self.plugins.guest_open(self, eff.port, eff.connected)

@@ -8,14 +8,11 @@ guest and the QMP monitor only read it.
 
 The table below is QEMU 7.2's, restricted to the states vserial can reach
 (no debug, watchdog, guest-panicked, io-error, suspended or colo).
-Listeners are QEMU's VM change-state handlers: called with the new
-``running`` flag and state after every change.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 
 from emulator.errors import RunStateError
 
@@ -54,15 +51,11 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     _S.SHUTDOWN: frozenset({_S.PAUSED, _S.FINISH_MIGRATE, _S.PRELAUNCH}),
 }
 
-ChangeHandler = Callable[[bool, RunState], None]
-
-
 class RunStateMachine:
     """The current run state, changed only along ``TRANSITIONS``."""
 
     def __init__(self, initial: RunState = RunState.PRELAUNCH) -> None:
         self._state = initial
-        self.change_handlers: list[ChangeHandler] = []
 
     @property
     def state(self) -> RunState:
@@ -73,6 +66,11 @@ class RunStateMachine:
         """runstate_is_running(): only RUNNING runs the vCPUs."""
         return self._state is RunState.RUNNING
 
+    @property
+    def needs_reset(self) -> bool:
+        """runstate_needs_reset(): only a system reset leaves these."""
+        return self._state in (RunState.INTERNAL_ERROR, RunState.SHUTDOWN)
+
     def check(self, new: RunState) -> None:
         """runstate_set's check, without changing anything."""
         if new is not self._state and new not in TRANSITIONS.get(self._state, frozenset()):
@@ -80,10 +78,8 @@ class RunStateMachine:
 
     def set(self, new: RunState) -> None:
         """runstate_set: the same state is a no-op; a change must be in the
-        table; handlers run after it."""
+        table."""
         if new is self._state:
             return
         self.check(new)
         self._state = new
-        for handler in list(self.change_handlers):
-            handler(self.running, new)

@@ -40,10 +40,12 @@ import attrs
 from emulator.core.device import TRANSPORT_DRIVERS
 from emulator.core.memory import MiB
 from emulator.core.trace import Trace
-from emulator.errors import ConfigError, InputError
+from emulator.errors import ConfigError, SeparateReports, UsageError
 from emulator.io.backend import parse_size
+from emulator.machine import qdev
 from emulator.machine.machine import MACHINE_TYPES
 from emulator.machine.qdev import convert, parse_opts, port_types, transport_types
+from emulator.plugin.manager import default_plugins
 from emulator.runtime.runtime import VERSION, Runtime
 
 PROG = "vserial"
@@ -74,33 +76,6 @@ Accepted without effect: -accel -cpu -smp -display -vga -boot -rtc -overcommit -
 -nographic -no-user-config -enable-kvm -no-shutdown -no-reboot -no-hpet; -serial/-monitor/-parallel none
 
 Documentation: docs/runtime.md"""
-
-
-class SeparateReports(ConfigError):
-    """Several error reports, each printed with the option prefix (QEMU's
-    -qmp parse failure prints two)."""
-
-    def __init__(self, reports: list[str]) -> None:
-        super().__init__("\n".join(reports))
-        self.reports = reports
-
-
-class UsageError(InputError):
-    """A command-line error: ``vserial: <where>: <message>``, exit 1."""
-
-    def __init__(self, where: str, message: str, reports: list[str] | None = None) -> None:
-        super().__init__(f"{where}: {message}" if where else message)
-        self.where = where
-        self.message = message
-        self.reports = reports or [message]
-
-    @classmethod
-    def wrap(cls, where: str, err: ConfigError) -> UsageError:
-        return cls(where, str(err), err.reports if isinstance(err, SeparateReports) else None)
-
-    def lines(self) -> str:
-        prefix = f"{PROG}: {self.where}: " if self.where else f"{PROG}: "
-        return "".join(prefix + r + "\n" for r in self.reports)
 
 
 def compat_chardev(spec: str) -> tuple[str, dict[str, str]]:
@@ -569,9 +544,6 @@ def _print_stderr(line: str) -> None:
 def _help(option: str, value: str, out: IO[str]) -> int | None:
     """``-chardev help``, ``-chardev BACKEND,help`` and ``-device DRIVER,help``
     in QEMU's format; returns the exit status, or None when not a help request."""
-    from emulator.core.device import TRANSPORT_DRIVERS
-    from emulator.machine import qdev
-    from emulator.plugin.manager import default_plugins
 
     plugins = default_plugins()
     parts = value.split(",")
@@ -647,7 +619,7 @@ def main(argv: list[str]) -> int:
     try:
         rt = build(argv, reporter=reporter)
     except UsageError as err:
-        for line in err.lines().splitlines(keepends=True):
+        for line in err.lines(PROG).splitlines(keepends=True):
             if reporter.timestamps and line.startswith(PROG + ": "):
                 reporter.report(line[len(PROG) + 2 :].rstrip("\n"))
             else:

@@ -21,6 +21,7 @@ from emulator.io.char_ringbuf import RingbufChardev
 from emulator.io.mainloop import MainLoop
 from emulator.machine import qdev
 from emulator.machine.machine import Machine
+from emulator.machine.runstate import RunState
 from emulator.plugin.manager import Plugins
 from emulator.runtime.agent import GuestAgent
 from emulator.runtime.monitor import Monitor
@@ -93,11 +94,25 @@ class QmpCommands:
         return {"status": self.status, "singlestep": False, "running": self.machine.running}
 
     def qmp_stop(self) -> dict[str, Any]:
-        self.stop()
+        """qmp_stop: during an incoming migration, only 'do not start when
+        it is in'; otherwise vm_stop (nothing when not running)."""
+        if self.machine.runstate.state is RunState.INMIGRATE:
+            self.machine.autostart = False
+        else:
+            self.stop()
         return {}
 
     def qmp_cont(self) -> dict[str, Any]:
-        self.cont()
+        """qmp_cont, with its refusals in QEMU's order and words."""
+        state = self.machine.runstate
+        if state.needs_reset:
+            raise QMPError("Resetting the Virtual Machine is required")
+        if state.state is RunState.FINISH_MIGRATE:
+            raise QMPError("Migration is not finalized yet")
+        if state.state is RunState.INMIGRATE:
+            self.machine.autostart = True  # start once the migration is in
+        else:
+            self.cont()
         return {}
 
     def qmp_system_reset(self) -> dict[str, Any]:

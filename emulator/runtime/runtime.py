@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import socket
 from collections.abc import Mapping
 from typing import IO, Any
@@ -21,6 +22,7 @@ from emulator.core.trace import Trace
 from emulator.errors import ConfigError
 from emulator.io.mainloop import MainLoop
 from emulator.machine.machine import Machine
+from emulator.machine.qdev import check_id
 from emulator.plugin.manager import Plugins, default_plugins
 from emulator.runtime.agent import GuestAgent
 from emulator.runtime.commands import QmpCommands
@@ -53,6 +55,7 @@ class Runtime(QmpCommands):
         self.monitor.on_quit = self._quit_now
         self.monitors: list[ChardevMonitor] = []
         self.machine.event_listeners.append(self._on_event)
+        self.machine.report_listeners.append(self._on_report)
         self.loop.after_dispatch.append(self.service)
         self.shutdown_reason: str | None = None
         self._register_commands()
@@ -102,8 +105,6 @@ class Runtime(QmpCommands):
             except BlockingIOError:
                 pass
             if self._signal is not None and self.shutdown_reason is None:
-                import sys
-
                 print(f"vserial: terminating on signal {self._signal}", file=sys.stderr, flush=True)
                 self.shutdown("host-signal")
 
@@ -150,6 +151,11 @@ class Runtime(QmpCommands):
             self._wakeup = None
         self.loop.close()
 
+    @staticmethod
+    def _on_report(message: str) -> None:
+        """error_report() goes to stderr, prefixed with the program name."""
+        print(f"vserial: {message}", file=sys.stderr, flush=True)
+
     def _on_event(self, ev: QmpEvent) -> None:
         if self._deferred_events is not None and ev.name == "DEVICE_DELETED":
             self._deferred_events.append(ev)
@@ -188,8 +194,6 @@ class Runtime(QmpCommands):
             raise ConfigError(f"'{backend}' is not a valid char driver name")
         if chardev_id is None:
             raise ConfigError("chardev: no id specified")
-        from emulator.machine.qdev import check_id
-
         try:
             check_id(chardev_id)
         except ConfigError:

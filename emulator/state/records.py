@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 
 import vmstate
+from emulator.core.control import Event
 from emulator.core.device import VirtIOSerial
 from emulator.core.virtqueue import Element, VirtQueue, VirtQueueState
 from emulator.errors import GuestError
@@ -311,8 +312,6 @@ def _element(pr: PortRecord, vq: VirtQueue, ram_size: int, path: str) -> Element
 
 
 def _post_load(dev: VirtIOSerial, saved_host: dict[int, bool]) -> None:
-    from emulator.core.control import Event
-
     for port_id, host_connected in saved_host.items():
         port = dev.ports[port_id]
         if port.host_connected != host_connected:
