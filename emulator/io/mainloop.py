@@ -7,6 +7,13 @@ thread, so the sans-IO core never sees concurrency.  After every batch of
 callbacks the loop runs its ``after_dispatch`` hooks (the machine's pump and
 the guest programs' pending writes): nothing in the guest can change except
 in response to a callback, so the loop never spins while idle.
+
+A callback that raises does not take the machine down: the loop reports
+it through ``on_error`` (one line, traceback included) and goes on.  A
+watch whose callback raised is removed, so a broken backend cannot make
+the loop fail on every turn; a timer or deferred call was one-shot anyway;
+an ``after_dispatch`` hook stays (it is the machine's pump) and is
+reported once.
 """
 
 from __future__ import annotations
@@ -14,10 +21,28 @@ from __future__ import annotations
 import heapq
 import itertools
 import select
+import sys
 import time
+import traceback
 from collections.abc import Callable
 
 Callback = Callable[[], None]
+
+
+def internal_error_line(where: str, exc: BaseException) -> str:
+    """One log line for an exception nobody expected: what was running,
+    the exception, and its traceback innermost frame last."""
+    frames = "; ".join(
+        f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)
+    )
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) > 500:  # an exception may carry a client's huge input
+        text = text[:500] + "..."
+    return f"internal error in {where}: {text} [traceback: {frames}]"
+
+
+def _report_on_stderr(line: str) -> None:
+    print(f"vserial: {line}", file=sys.stderr, flush=True)
 
 _IN = select.POLLIN | select.POLLPRI
 _OUT = select.POLLOUT
@@ -37,6 +62,9 @@ class MainLoop:
         self._soon: list[Callback] = []
         self.after_dispatch: list[Callback] = []
         self.running = False
+        # where an unexpected exception in a callback is reported (one line)
+        self.on_error: Callable[[str], None] = _report_on_stderr
+        self._failed_hooks: set[int] = set()
 
     # ----------------------------------------------------------------- watches
     def _update(self, fd: int) -> None:
@@ -126,28 +154,57 @@ class MainLoop:
             reader, writer, hup = cbs
             if ev & _OUT or (ev & _ERR and writer is not None and reader is None):
                 if writer is not None:
-                    writer()
+                    self._call_watch(fd, 1, writer)
             cbs = self._watches.get(fd)
             if cbs is None:
                 continue
             if ev & (_IN | _ERR) and cbs[0] is not None:
-                cbs[0]()
+                self._call_watch(fd, 0, cbs[0])
             elif ev & (_RDHUP | _ERR) and cbs[2] is not None:
                 hup = cbs[2]
                 self.remove_hangup(fd)
-                hup()
+                self._call(hup, f"the hangup callback of fd {fd}")
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, handle, cb = heapq.heappop(self._timers)
             if handle in self._cancelled:
                 self._cancelled.discard(handle)
                 continue
-            cb()
+            self._call(cb, "a timer callback")
         soon, self._soon = self._soon, []
         for cb in soon:
-            cb()
+            self._call(cb, "a deferred call")
         for hook in list(self.after_dispatch):
-            hook()
+            try:
+                hook()
+            except Exception as exc:
+                if id(hook) not in self._failed_hooks:  # reported once, not every turn
+                    self._failed_hooks.add(id(hook))
+                    self._report(exc, f"the main loop hook {_name(hook)}")
+
+    def _call(self, cb: Callback, where: str) -> bool:
+        try:
+            cb()
+        except Exception as exc:
+            self._report(exc, f"{where} {_name(cb)}")
+            return False
+        return True
+
+    def _call_watch(self, fd: int, slot: int, cb: Callback) -> None:
+        """A watch whose callback raises is removed (if the callback has not
+        replaced it): its backend stops, the machine runs on."""
+        kind = ("read", "write")[slot]
+        if not self._call(cb, f"the {kind} callback of fd {fd}"):
+            cbs = self._watches.get(fd)
+            if cbs is not None and cbs[slot] is cb:
+                self._set(fd, slot, None)
+
+    def _report(self, exc: Exception, where: str) -> None:
+        line = internal_error_line(where, exc)
+        try:
+            self.on_error(line)
+        except Exception:  # a broken reporter must not end the loop either
+            _report_on_stderr(line)
 
     def run(self) -> None:
         self.running = True
@@ -162,3 +219,7 @@ class MainLoop:
             self._poll.unregister(fd)
         self._masks.clear()
         self._watches.clear()
+
+
+def _name(cb: Callable[..., object]) -> str:
+    return getattr(cb, "__qualname__", None) or repr(cb)

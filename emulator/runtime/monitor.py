@@ -5,6 +5,12 @@ Faithful to QEMU 7.2 (fixtures/qemu/qmp_transcript.json): the greeting, the
 capabilities negotiation, ``id`` echoing, the error classes for commands
 that are unknown, early or out of band, and an event emitted by a command
 written before that command's reply.  A client in error stays connected.
+
+A handler can never take the machine down: an exception nobody expected,
+from a command handler, the input splitter or the encoding of a reply,
+becomes a GenericError reply (with the request's id) and one line in the
+log (``Monitor.on_error``); an event that cannot be encoded is dropped
+and logged.  The session and the machine carry on.
 The wire format itself (JSON splitting, argument checks, encoding) is
 ``emulator.runtime.qmp``.
 """
@@ -14,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from emulator.errors import ConfigError, QMPError
-from emulator.runtime.qmp import QEMU_VERSION, JSONStreamer, ParseError, check_args, encode, event_message
+from emulator.errors import ConfigError, ParseError, QMPError
+from emulator.io.mainloop import internal_error_line
+from emulator.runtime.qmp import QEMU_VERSION, JSONStreamer, check_args, encode, event_message
 
 if TYPE_CHECKING:
     from emulator.core.chardev import Chardev
@@ -34,6 +41,19 @@ class Monitor:
         # name -> (handler, arg spec or None for free-form, allow_oob)
         self.commands: dict[str, tuple[Command, dict[str, tuple[str, bool]] | None]] = {}
         self.sessions: list[QMPSession] = []
+        # where an unexpected exception is logged, one line each (the
+        # runtime sends it to stderr and the -D log)
+        self.on_error: Callable[[str], None] = lambda line: None
+
+    def internal_error(self, where: str, exc: Exception) -> str:
+        """Log an unexpected exception; the desc of the GenericError a
+        client gets for it."""
+        line = internal_error_line(where, exc)
+        try:
+            self.on_error(line)
+        except Exception:  # pragma: no cover - a broken logger must not escape either
+            pass
+        return f"Internal error in {where}: {type(exc).__name__} (logged)"
 
     def register(self, name: str, handler: Command, args: dict[str, tuple[str, bool]] | None = None) -> None:
         self.commands[name] = (handler, args)
@@ -42,10 +62,16 @@ class Monitor:
         return {"QMP": {"version": {"qemu": dict(QEMU_VERSION), "package": self.package}, "capabilities": ["oob"]}}
 
     def broadcast(self, name: str, data: dict[str, Any] | None) -> None:
-        msg = event_message(name, data)
+        """Send an event to every negotiated session; an event that cannot
+        be encoded is logged and dropped (an event has nobody to reply to)."""
+        try:
+            line = encode(event_message(name, data))
+        except Exception as exc:
+            self.internal_error(f"event {name}", exc)
+            return
         for s in list(self.sessions):
-            if s.command_mode:
-                s.send(msg)
+            if s.command_mode and not s.closed:
+                s.write(line)
 
 
 class QMPSession:
@@ -68,7 +94,12 @@ class QMPSession:
         self.write(encode(msg))
 
     def feed(self, data: bytes | memoryview) -> None:
-        for item in self.streamer.feed(bytes(data)):
+        try:
+            items = self.streamer.feed(bytes(data))
+        except Exception as exc:  # a bug in the splitter: start afresh, tell the client
+            self.streamer = JSONStreamer()
+            items = [ParseError(self.monitor.internal_error("the QMP input parser", exc))]
+        for item in items:
             if self.closed:
                 return
             if isinstance(item, ParseError):
@@ -76,11 +107,21 @@ class QMPSession:
             else:
                 self.handle(item)
 
-    def _reply(self, req_id: Any, has_id: bool, body: dict[str, Any]) -> None:
+    def _reply(self, req_id: Any, has_id: bool, body: dict[str, Any], name: str = "") -> None:
+        if self.closed:
+            return
         if has_id:
             # QEMU's key order: {"return": ..., "id": X} but {"id": X, "error": ...}
             body = {**body, "id": req_id} if "return" in body else {"id": req_id, **body}
-        self.send(body)
+        try:
+            data = encode(body)
+        except Exception as exc:  # e.g. a handler returned something JSON cannot carry
+            error = {"class": "GenericError", "desc": self.monitor.internal_error(f"the reply to '{name}'", exc)}
+            try:
+                data = encode({"id": req_id, "error": error} if has_id else {"error": error})
+            except Exception:
+                data = encode({"error": error})
+        self.write(data)
 
     def handle(self, msg: Any) -> None:
         if not isinstance(msg, dict):
@@ -88,6 +129,7 @@ class QMPSession:
             return
         has_id = "id" in msg
         req_id = msg.get("id")
+        name = ""
         try:
             name, args, oob = self._parse(msg)
             result = self._dispatch(name, args, oob)
@@ -97,7 +139,11 @@ class QMPSession:
         except ConfigError as err:
             self._reply(req_id, has_id, {"error": {"class": "GenericError", "desc": str(err)}})
             return
-        self._reply(req_id, has_id, {"return": result})
+        except Exception as exc:  # a handler can never take the machine down
+            desc = self.monitor.internal_error(f"QMP command '{name}'", exc)
+            self._reply(req_id, has_id, {"error": {"class": "GenericError", "desc": desc}})
+            return
+        self._reply(req_id, has_id, {"return": result}, name)
         if name == "quit":
             self.monitor.on_quit()
 

@@ -15,45 +15,49 @@ in one read, with no newline required.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import re
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from emulator.errors import InputError, QMPError
+from emulator.errors import ParseError, QMPError
 
 QEMU_VERSION = {"micro": 22, "minor": 2, "major": 7}
 MAX_MESSAGE = 64 * 1024 * 1024  # QEMU's MAX_TOKEN_SIZE
 MAX_NESTING = 1024
 
 
-class ParseError(InputError):
-    """Input that is not JSON as QEMU's parser reads it."""
 
 
 # --------------------------------------------------------------- JSON stream
-_STRUCT = re.compile(r"""[{}\[\]"']|[^\s{}\[\]"']""")
+# Outside strings, only these characters matter to the splitter.
+_STRUCT = re.compile(r"""[{}\[\]"']""")
+_NOT_SPACE = re.compile(r"\S")
 _BARE_TOP = re.compile(r"""[^\s{}\[\]"']*""")
-_BARE_INNER = re.compile(r"""[^{}\[\]"']*""")
+# The body of a string up to its closing quote, an escape that the read
+# cut in two (a lone trailing backslash) or the end of the read.
+_STRING_BODY = {
+    '"': re.compile(r'[^"\\]*(?:\\.[^"\\]*)*', re.S),
+    "'": re.compile(r"[^'\\]*(?:\\.[^'\\]*)*", re.S),
+}
 _STRAY = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
 _SQ_TOKEN = re.compile(r"""'((?:[^'\\]|\\.)*)'|"(?:[^"\\]|\\.)*"|[^'"]+""", re.S)
 
 
-def _string_end(buf: str, start: int, quote: str = '"', search_from: int | None = None) -> int:
-    """Index just past the closing quote of a string whose body starts at
-    ``start``, or -1 if the string is not complete yet.  ``search_from``:
-    no closing quote before it (the part already scanned)."""
-    j = start if search_from is None else max(start, search_from)
-    while True:
-        k = buf.find(quote, j)
-        if k < 0:
-            return -1
-        b = k - 1
-        while b >= start and buf[b] == "\\":
-            b -= 1
-        if (k - 1 - b) % 2 == 0:
-            return k + 1
-        j = k + 1
+@contextlib.contextmanager
+def _nesting_room() -> Iterator[None]:
+    """Python's json recurses once per level and its default recursion
+    limit (1000) is below QEMU's MAX_NESTING: lift it by enough for a value
+    of MAX_NESTING levels while one is decoded or encoded."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(old + 2 * MAX_NESTING + 100)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def _double_quoted(text: str) -> str:
@@ -75,20 +79,20 @@ def _double_quoted(text: str) -> str:
 
 def _first_surrogate(value: Any) -> str | None:
     """A lone surrogate in any string of a decoded value: from an escape
-    like \\ud800 or from bytes that were not UTF-8 (surrogateescape)."""
-    if isinstance(value, str):
-        m = _SURROGATE.search(value)
-        return m.group() if m else None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found = _first_surrogate(k) or _first_surrogate(v)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for v in value:
-            found = _first_surrogate(v)
-            if found:
-                return found
+    like \\ud800 or from bytes that were not UTF-8 (surrogateescape).
+    Iterative: a value may be nested MAX_NESTING deep."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            m = _SURROGATE.search(item)
+            if m:
+                return m.group()
+        elif isinstance(item, dict):
+            for k, v in reversed(list(item.items())):
+                stack += (v, k)
+        elif isinstance(item, list):
+            stack += reversed(item)
     return None
 
 
@@ -106,139 +110,142 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _integer(text: str) -> int | float:
+    """QEMU reads an integer too large for 64 bits as a double; Python's
+    int() refuses more than 4300 digits (a ValueError, not a number)."""
+    return int(text) if len(text) <= 4000 else float(text)
+
+
 class JSONStreamer:
     """Splits a byte stream into complete top-level JSON values, as QEMU's
     json-streamer does: by bracket depth outside strings.  Accepts QEMU's
-    single-quoted strings.  Cost is linear in the input, also for a long
-    string arriving in many pieces."""
+    single-quoted strings, and applies QEMU's limits (MAX_NESTING levels,
+    MAX_MESSAGE bytes per value) with its messages.
+
+    Linear in the input: every read is scanned once, from where the last
+    one stopped (inside a string, right after a backslash, inside a bare
+    top-level scalar or between values), and the text of an unfinished
+    value is kept as a list of pieces that is joined once, when the value
+    ends.  So a value that arrives in many reads costs no more than one
+    that arrives whole, whatever it is."""
 
     def __init__(self) -> None:
-        self.buf = ""
-        self.pos = 0  # scan position in buf
-        self.start: int | None = None  # start of the current value in buf
+        self._pieces: list[str] = []  # text of the unfinished value from earlier reads
+        self._size = 0  # its length
+        self._in_value = False
         self.depth = 0
-        # inside a string that has not ended: (quote index in buf, quote char)
-        self._open: tuple[int, str] | None = None
-        self._parts: list[str] = []  # pieces of that string not yet joined
-        self._parts_len = 0
+        self._quote: str | None = None  # inside a string quoted with this
+        self._escape = False  # ... just after a backslash
+        self._bare = False  # inside a bare top-level scalar (number, keyword, junk)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-        self._decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+        self._decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_int=_integer)
 
     def feed(self, data: bytes) -> list[Any]:
         """Returns decoded values and ParseError instances, in order."""
         text = self._utf8.decode(data)  # a UTF-8 sequence may be split across reads
         out: list[Any] = []
-        if self._open is not None:
-            if self._open[1] not in text:
-                # still inside the string: keep the piece, scan nothing
-                self._parts.append(text)
-                self._parts_len += len(text)
-                if len(self.buf) + self._parts_len > MAX_MESSAGE:
-                    out.append(ParseError("JSON parse error, token too large"))
-                    self._reset()
-                return out
-            scan_from = len(self.buf) + self._parts_len - 1
-            self.buf = "".join([self.buf, *self._parts, text])
-            self._parts, self._parts_len = [], 0
-            q, quote = self._open
-            self._open = None
-            end = _string_end(self.buf, q + 1, quote, search_from=scan_from)
-            if end < 0:
-                self._open = (q, quote)
-                self.pos = len(self.buf)
-                return out
-            self.pos = end
-            if self.depth == 0:
-                out.append(self._emit(self.start if self.start is not None else q, end))
-        else:
-            self.buf += text
-        self._scan(out)
-        return out
-
-    def _scan(self, out: list[Any]) -> None:
-        buf = self.buf
-        pos = self.pos
-        n = len(buf)
+        n = len(text)
+        pos = 0  # scan position in text
+        seg = 0  # where the current value's text starts in this read
         while pos < n:
-            m = _STRUCT.search(buf, pos)
+            if self._quote is not None:
+                if self._escape:
+                    self._escape = False
+                    pos += 1
+                    continue
+                m = _STRING_BODY[self._quote].match(text, pos)
+                assert m is not None  # the pattern matches the empty string
+                pos = m.end()
+                if pos == n:
+                    break
+                if text[pos] == "\\":  # the read ends between a backslash and its character
+                    self._escape = True
+                    pos = n
+                    break
+                self._quote = None  # the closing quote
+                pos += 1
+                if self.depth == 0:
+                    out.append(self._emit(text, seg, pos))
+                continue
+            if self._bare:
+                m = _BARE_TOP.match(text, pos)
+                assert m is not None
+                pos = m.end()
+                if pos == n:
+                    break  # the scalar may go on in the next read
+                self._bare = False
+                out.append(self._emit(text, seg, pos))
+                continue
+            if not self._in_value:
+                m = _NOT_SPACE.search(text, pos)
+                if m is None:
+                    pos = n
+                    break
+                pos = seg = m.start()
+                ch = text[pos]
+                if ch in "}]":
+                    out.append(ParseError("JSON parse error, expecting value"))
+                    pos += 1
+                    continue
+                self._in_value = True
+                if ch in "\"'":
+                    self._quote = ch
+                    pos += 1
+                elif ch in "{[":
+                    self.depth = 1
+                    pos += 1
+                else:
+                    self._bare = True
+                continue
+            # inside an object or array: only brackets and quotes matter
+            m = _STRUCT.search(text, pos)
             if m is None:
                 pos = n
                 break
             ch = m.group()
-            i = m.start()
+            pos = m.end()
             if ch in "\"'":
-                if self.start is None:
-                    self.start = i
-                end = _string_end(buf, i + 1, ch)
-                if end < 0:
-                    self._open = (i, ch)
-                    pos = n
-                    break
-                pos = end
-                if self.depth == 0:
-                    out.append(self._emit(self.start, pos))
-                continue
-            if ch in "{[":
-                if self.start is None:
-                    self.start = i
+                self._quote = ch
+            elif ch in "{[":
                 self.depth += 1
-                pos = i + 1
                 if self.depth > MAX_NESTING:
-                    out.append(ParseError("JSON parse error, nesting too deep"))
-                    self.buf, self.start, self.depth, self._open = buf[pos:], None, 0, None
-                    buf, pos, n = self.buf, 0, len(self.buf)
-                continue
-            if ch in "}]":
-                pos = i + 1
-                if self.depth == 0:
-                    out.append(ParseError("JSON parse error, expecting value"))
-                    continue
+                    # QEMU drops the value and the bracket, and goes on
+                    # with the next token as the start of a new value.
+                    out.append(ParseError("JSON nesting depth limit exceeded"))
+                    self._reset()
+                    seg = pos
+            else:
                 self.depth -= 1
                 if self.depth == 0:
-                    assert self.start is not None
-                    out.append(self._emit(self.start, pos))
-                continue
-            # a bare scalar character
-            if self.depth == 0:
-                if self.start is None:
-                    self.start = i
-                m2 = _BARE_TOP.match(buf, i)
-                assert m2 is not None
-                end = m2.end()
-                if end == n:
-                    pos = i
-                    break  # the scalar may continue in the next read
-                out.append(self._emit(self.start, end))
-                pos = end
-            else:
-                m2 = _BARE_INNER.match(buf, i)
-                assert m2 is not None
-                pos = m2.end()
-        # keep only the unfinished value
-        if self.start is None:
-            self.buf, self.pos = "", 0
-            return
-        base = self.start
-        self.buf = buf[base:] if base else buf
-        self.pos = pos - base
-        self.start = 0
-        if self._open is not None:
-            self._open = (self._open[0] - base, self._open[1])
-        if len(self.buf) > MAX_MESSAGE:
-            out.append(ParseError("JSON parse error, token too large"))
-            self._reset()
+                    out.append(self._emit(text, seg, pos))
+        if self._in_value:
+            self._pieces.append(text[seg:])
+            self._size += n - seg
+            if self._size > MAX_MESSAGE:
+                # QEMU's lexer and streamer give up on a token or message
+                # over MAX_TOKEN_SIZE and start afresh with what follows.
+                out.append(ParseError("JSON token size limit exceeded"))
+                self._reset()
+        return out
 
     def _reset(self) -> None:
-        self.buf, self.pos, self.start, self.depth = "", 0, None, 0
-        self._open, self._parts, self._parts_len = None, [], 0
+        self._pieces, self._size, self._in_value, self.depth = [], 0, False, 0
+        self._quote, self._escape, self._bare = None, False, False
 
-    def _emit(self, start: int, end: int) -> Any:
-        text = self.buf[start:end].strip()
-        self.start = None
+    def _emit(self, text: str, start: int, end: int) -> Any:
+        piece = text[start:end]
+        whole = "".join([*self._pieces, piece]) if self._pieces else piece
+        self._reset()
+        if len(whole) > MAX_MESSAGE:
+            return ParseError("JSON token size limit exceeded")
+        return self._decode(whole.strip())
+
+    def _decode(self, text: str) -> Any:
         if "'" in text:
             text = _double_quoted(text)
         try:
-            value, stop = self._decoder.raw_decode(text)
+            with _nesting_room():
+                value, stop = self._decoder.raw_decode(text)
             if stop != len(text):
                 raise ValueError
         except _DuplicateKey:
@@ -295,7 +302,8 @@ _LOWER_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-f]{4})")
 def encode(msg: Any) -> bytes:
     """QEMU's JSON output: ASCII only, non-ASCII as \\uXXXX with upper-case
     hex (``{"return": "\\u00E9"}``), ", "/": " separators, CRLF."""
-    text = json.dumps(msg, separators=(", ", ": "))
+    with _nesting_room():  # an id may be nested MAX_NESTING deep
+        text = json.dumps(msg, separators=(", ", ": "))
     if "\\u" in text:
         text = _LOWER_ESCAPE.sub(lambda m: m.group(1) + "\\u" + m.group(2).upper(), text)
     return text.encode("ascii") + b"\r\n"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import socket
+import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -53,6 +53,7 @@ class Runtime(QmpCommands):
         self.agent = GuestAgent(self.machine)
         self.monitor = Monitor(f"vserial {VERSION}")
         self.monitor.on_quit = self._quit_now
+        self.monitor.on_error = self.loop.on_error = self._log_internal_error
         self.monitors: list[ChardevMonitor] = []
         self.machine.event_listeners.append(self._on_event)
         self.machine.report_listeners.append(self._on_report)
@@ -155,6 +156,16 @@ class Runtime(QmpCommands):
     def _on_report(message: str) -> None:
         """error_report() goes to stderr, prefixed with the program name."""
         print(f"vserial: {message}", file=sys.stderr, flush=True)
+
+    def _log_internal_error(self, line: str) -> None:
+        """An exception a handler or callback did not expect: one line on
+        stderr and in the -D log; the machine runs on."""
+        print(f"vserial: {line}", file=sys.stderr, flush=True)
+        if self.log_file is not None:
+            try:
+                self.log_file.write(line + "\n")
+            except (OSError, ValueError):
+                pass
 
     def _on_event(self, ev: QmpEvent) -> None:
         if self._deferred_events is not None and ev.name == "DEVICE_DELETED":

@@ -24,3 +24,52 @@ def test_no_spin_while_idle_or_throttled(build: Callable[..., Runtime], tmp: str
     pump(rt, lambda: port.throttled, "the port to throttle")
     assert cpu_over(rt) < 0.05  # throttled with 4 MiB pending in the guest program
     h.close()
+
+
+def test_a_callback_that_raises_is_reported_once_and_the_loop_runs_on() -> None:
+    """Was: the exception left run_once and ended `vserial run` (exit 1)."""
+    import os
+
+    from emulator.io.mainloop import MainLoop
+
+    loop = MainLoop()
+    logged: list[str] = []
+    loop.on_error = logged.append
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")
+
+        def bad_reader() -> None:
+            raise RuntimeError("reader broke")
+
+        ran: list[str] = []
+        loop.add_reader(r, bad_reader)
+        loop.call_soon(lambda: 1 // 0)
+        loop.call_later(0, lambda: ran.append("timer"))
+        hook_calls: list[int] = []
+
+        def bad_hook() -> None:
+            hook_calls.append(1)
+            raise ValueError("hook broke")
+
+        loop.after_dispatch.append(bad_hook)
+        loop.run_once(0.01)
+        loop.run_once(0.01)
+        assert not loop.has_reader(r)  # the failing watch is removed
+        assert ran == ["timer"] and len(hook_calls) == 2  # the hook stays, reported once
+        assert [line.split(" [traceback: ")[0] for line in logged] == [
+            f"internal error in the read callback of fd {r} "
+            "test_a_callback_that_raises_is_reported_once_and_the_loop_runs_on.<locals>.bad_reader: "
+            "RuntimeError: reader broke",
+            "internal error in a deferred call "
+            "test_a_callback_that_raises_is_reported_once_and_the_loop_runs_on.<locals>.<lambda>: "
+            "ZeroDivisionError: integer division or modulo by zero",
+            "internal error in the main loop hook "
+            "test_a_callback_that_raises_is_reported_once_and_the_loop_runs_on.<locals>.bad_hook: "
+            "ValueError: hook broke",
+        ]
+        assert all("test_mainloop.py" in line and "\n" not in line for line in logged)
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)
