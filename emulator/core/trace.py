@@ -9,6 +9,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 
+from emulator.core.ring_log import RingLog
+
 # Event name -> format, exactly as in QEMU's hw/char/trace-events.
 TRACE_EVENTS: dict[str, str] = {
     "virtio_serial_send_control_event": "port {port}, event {event}, value {value}",
@@ -17,14 +19,19 @@ TRACE_EVENTS: dict[str, str] = {
     "virtio_serial_handle_control_message_port": "port {port}",
 }
 
+# Trace.lines keeps the newest lines only: a sink (``-D FILE``, stderr) sees
+# every one, and a machine that runs for days must not grow per guest event.
+TRACE_LINES_KEPT = 4096
+
 
 class Trace:
-    """Collects enabled trace lines; optionally hands each to a sink."""
+    """Collects enabled trace lines (the newest ``TRACE_LINES_KEPT``);
+    optionally hands each to a sink."""
 
     def __init__(self, patterns: list[str] | None = None, sink: Callable[[str], None] | None = None) -> None:
         self.patterns: list[str] = []
         self.enabled: set[str] = set()
-        self.lines: list[str] = []
+        self.lines: RingLog[str] = RingLog(TRACE_LINES_KEPT)
         self.sink = sink
         for p in patterns or []:
             self.enable(p)
@@ -46,5 +53,7 @@ class Trace:
             self.sink(line)
 
     def take(self) -> list[str]:
-        out, self.lines = self.lines, []
+        """The lines collected so far, oldest first; the log starts empty."""
+        out = list(self.lines)
+        self.lines.clear()
         return out

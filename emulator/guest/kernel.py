@@ -38,6 +38,7 @@ import attrs
 from emulator.core import control, vring
 from emulator.core.control import BAD_ID, CONTROL_HEADER, Event
 from emulator.core.memory import PAGE_SIZE
+from emulator.core.ring_log import RingLog
 from emulator.core.virtio import (
     STATUS_ACKNOWLEDGE,
     STATUS_DRIVER,
@@ -53,6 +54,10 @@ from emulator.guest.platform import GuestPlatform, VirtioTransport
 VIRTCONS_MAX_PORTS = 0x8000
 MAX_WRITE = 32 * 1024
 RX_BUF_SIZE = PAGE_SIZE
+# The kernel's messages (probe failures) and each driver instance's warnings
+# keep the newest lines only, as the kernel's own ring buffer (dmesg) does:
+# a device that keeps sending bad control messages must not grow the guest.
+KERNEL_LOG_KEPT = 256
 
 # What the driver asks for (its feature table plus the ring features).
 DRIVER_FEATURES = (
@@ -126,7 +131,7 @@ class PortsDevice:
         self.ports: dict[int, GuestPort] = {}
         self.ctrl_tx_buf = 0
         self.probed = False
-        self.warnings: list[str] = []
+        self.warnings: RingLog[str] = RingLog(KERNEL_LOG_KEPT)
 
     # ------------------------------------------------------------- plumbing
 
@@ -510,7 +515,7 @@ class GuestKernel:
         self.open_files: list[GuestFile] = []
         self.booted = False
         self.dead = False  # replaced by a new kernel at system_reset
-        self.log: list[str] = []
+        self.log: RingLog[str] = RingLog(KERNEL_LOG_KEPT)
 
     # ------------------------------------------------------------ bring-up
     def boot(self) -> None:

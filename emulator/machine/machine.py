@@ -25,6 +25,7 @@ from emulator.core.device import DEFAULT_MAX_PORTS, TRANSPORT_DRIVERS, VirtIOSer
 from emulator.core.effects import ConfigInterrupt, ErrorReport, Interrupt, PortChange, QmpEvent
 from emulator.core.memory import DEFAULT_RAM_SIZE, GuestMemory
 from emulator.core.ports import VirtConsole, VirtIOSerialPort, VirtSerialPort
+from emulator.core.ring_log import RingLog
 from emulator.core.trace import Trace
 from emulator.errors import ConfigError
 from emulator.guest.kernel import GuestKernel
@@ -41,6 +42,13 @@ MACHINE_TYPES = {
 }
 
 Device = VirtIOSerial | VirtIOSerialPort
+
+# What a machine remembers of its QMP events and error reports: the newest
+# entries only.  Listeners (the QMP monitors, stderr in vserial run) get every
+# one as it happens; the logs are for a program that drives the machine
+# directly, and must not grow with every guest open or hot-plug.
+EVENTS_KEPT = 1024
+ERROR_LOG_KEPT = 1024
 
 
 class MachineHooks(Protocol):
@@ -115,11 +123,11 @@ class Machine:
         self.defer: Callable[[Callable[[], None]], None] | None = None  # run later (the main loop)
         self.init_done = False  # cold plug finished: -global errors become warnings
         self._bus_auto_ids = 0
-        self.events: list[QmpEvent] = []
+        self.events: RingLog[QmpEvent] = RingLog(EVENTS_KEPT)
         # error_report()/warn_report() lines from the devices and the machine:
-        # one channel, kept here and handed to the listeners (vserial run
-        # prints them on stderr, as QEMU does).
-        self.error_log: list[str] = []
+        # one channel, the newest kept here, each handed to the listeners
+        # (vserial run prints them on stderr, as QEMU does).
+        self.error_log: RingLog[str] = RingLog(ERROR_LOG_KEPT)
         self.report_listeners: list[Callable[[str], None]] = []
         self.event_listeners: list[Callable[[QmpEvent], None]] = []
         self.guest = GuestKernel(self)
