@@ -1,5 +1,7 @@
 """docs/runtime.md's first example runs as written: its `vserial run`
-command line in a separate process, its Python program against it."""
+command line in a separate process, its Python program against it.  The
+example's `/tmp/` paths move into a directory of the test's own, so runs
+side by side (pytest -n, two checkouts on one CI host) do not meet."""
 
 from __future__ import annotations
 
@@ -15,16 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "runtime.md").read_text()
 
 
-def test_the_first_example_runs_as_written() -> None:
+def test_the_first_example_runs_as_written(tmp: str) -> None:
     command = re.findall(r"```sh\n(.*?)```", DOC, re.S)[0]
     program = re.findall(r"```python\n(.*?)```", DOC, re.S)[0]
+    assert "/tmp/" in command and "/tmp/" in program
+    command, program = (text.replace("/tmp/", f"{tmp}/") for text in (command, program))
     argv = shlex.split(command.replace("\\\n", " "))
     assert argv[:2] == ["vserial", "run"]
     paths = [a.split("path=")[1].split(",")[0] for a in argv if "path=" in a]
     paths += [a.split("unix:")[1].split(",")[0] for a in argv if a.startswith("unix:")]
-    for p in paths + ["/tmp/trace.log"]:
-        if os.path.exists(p):
-            os.unlink(p)
+    trace_log = argv[argv.index("-D") + 1]
+    assert all(p.startswith(f"{tmp}/") for p in [*paths, trace_log])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "emulator.cli.main", *argv[1:]], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE)
@@ -44,5 +47,5 @@ def test_the_first_example_runs_as_written() -> None:
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
-    trace = Path("/tmp/trace.log").read_text().splitlines()
+    trace = Path(trace_log).read_text().splitlines()
     assert "virtio_serial_send_control_event port 1, event 6, value 1" in trace  # PORT_OPEN to the guest
