@@ -15,7 +15,6 @@ The expected replies were checked against QEMU 7.2 (qemu-system-x86_64
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
 import sys
@@ -147,8 +146,7 @@ def test_wrong_types_get_qapis_messages(runtimes: list[Runtime]) -> None:
         assert s.last() == {"error": {"class": "GenericError", "desc": desc}}, args
 
 
-def test_a_handler_that_raises_gets_a_generic_error_and_one_log_line(
-        runtimes: list[Runtime], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_handler_that_raises_gets_a_generic_error_and_one_log_line(runtimes: list[Runtime]) -> None:
     rt, s = make(runtimes)
     logged: list[str] = []
     rt.monitor.on_error = logged.append
@@ -323,4 +321,3 @@ def test_a_16_mib_junk_value_does_not_stall_other_clients(tmp: str) -> None:
         a.alive()
     finally:
         v.close()
-    assert os.path.isdir(tmp)
