@@ -11,6 +11,8 @@ through the runtime's methods.
 from __future__ import annotations
 
 import base64
+import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,31 @@ from emulator.plugin.manager import Plugins
 from emulator.runtime.agent import GuestAgent
 from emulator.runtime.monitor import Monitor
 from emulator.runtime.qmp import QEMU_VERSION, qbase64_decode
+
+
+_QAPI_KINDS: dict[object, str] = {str: "str", int: "int", bool: "bool", dict: "object", list: "array"}
+
+
+def plugin_arg_spec(handler: Callable[..., Any]) -> dict[str, tuple[str, bool]]:
+    """A plugin command's QAPI argument spec, read from its signature: the
+    parameters after the runtime, required unless they have a default,
+    typed by their annotation (``str``, ``int``, ``bool``, ``dict``,
+    ``list``, optionally ``| None``; anything else is taken as is).  The
+    monitor then answers a missing, unexpected or mistyped argument with
+    QEMU's messages before the plugin runs."""
+    sig = inspect.signature(handler)
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception:  # an annotation the plugin's module cannot resolve
+        hints = {}
+    spec: dict[str, tuple[str, bool]] = {}
+    for param in list(sig.parameters.values())[1:]:
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            raise PluginError(f"QMP command handler {handler.__qualname__}: parameter '{param.name}' must be named")
+        kinds = [a for a in typing.get_args(hints.get(param.name)) if a is not type(None)] or [hints.get(param.name)]
+        kind = _QAPI_KINDS.get(typing.get_origin(kinds[0]) or kinds[0], "any") if len(kinds) == 1 else "any"
+        spec[param.name] = (kind, param.default is param.empty)
+    return spec
 
 
 class QmpCommands:
@@ -83,7 +110,7 @@ class QmpCommands:
         for name, handler in self.plugins.qmp_commands.items():
             if name in self.monitor.commands or name == "qmp_capabilities":
                 raise PluginError(f"QMP command '{name}' is already registered")
-            reg(name, lambda args, h=handler: h(self, **args), None)
+            reg(name, lambda h=handler, **args: h(self, **args), plugin_arg_spec(handler))
 
     @property
     def status(self) -> str:

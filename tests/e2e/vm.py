@@ -23,6 +23,29 @@ ROOT = Path(__file__).resolve().parents[2]
 VSERIAL_SCRIPT = str(Path(sys.executable).with_name("vserial"))
 
 
+def unix_listening(path: str) -> bool:
+    """A unix socket at ``path`` is in the listening state (/proc/net/unix
+    flag __SO_ACCEPTCON), so a connect will not be refused.  Checking the
+    file alone races: it exists from bind(), before listen()."""
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
+def wait_listening(path: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not unix_listening(path):
+        if proc.poll() is not None:
+            raise AssertionError(f"vserial exited {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing listens on {path}")
+        time.sleep(0.02)
+
+
 class VM:
     """``vserial run ARGS -qmp unix:...``; ``@`` in ARGS stands for the VM's
     own temporary directory.  ``program`` is what runs (``python -m
@@ -48,15 +71,10 @@ class VM:
         return str(self.dir / name)
 
     def wait_socket(self, timeout: float = 20.0) -> None:
-        """Until the monitor socket exists (it is bound before the machine
-        runs; a client that connects early gets its greeting once it does)."""
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(self.qmp_path):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"vserial exited {self.proc.returncode}: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
-            if time.monotonic() > deadline:
-                raise AssertionError("vserial did not create its QMP socket")
-            time.sleep(0.02)
+        """Until the monitor socket listens (it is bound, then listened on,
+        before the machine runs; a client that connects early gets its
+        greeting once it does)."""
+        wait_listening(self.qmp_path, self.proc, timeout)
 
     async def start(self, timeout: float = 20.0) -> None:
         await asyncio.to_thread(self.wait_socket, timeout)

@@ -9,6 +9,7 @@ import ast
 import errno
 import importlib.metadata
 import inspect
+import json
 import re
 import sys
 import types
@@ -29,6 +30,7 @@ from emulator.machine.machine import Machine
 from emulator.errors import PluginError
 from emulator.plugin.manager import AUTOLOAD_ENV, PLUGINS_ENV, Plugins, make_plugin_manager
 from emulator.core.ports import VirtConsole, VirtConsoleBase, VirtIOSerialPort, VirtSerialPort
+from emulator.runtime.monitor import QMPSession
 from emulator.runtime.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -385,22 +387,55 @@ def test_x_echo_stats_qmp_command_counts_bytes_echoed() -> None:
     rt = Runtime(plugins=echo_plugins())
     try:
         handler, spec = rt.monitor.commands["x-echo-stats"]
-        assert spec is None
+        assert spec == {"id": ("str", False)}  # read from echo_stats's signature
         m = rt.machine
         m.device_add({"driver": "virtio-serial"})
         m.device_add({"driver": "x-echoport", "name": "echo", "id": "e0", "prefix": "ab"})
         rt.start()
-        assert handler({}) == {"echoed": 0, "ports": {"e0": 0}}
+        assert handler() == {"echoed": 0, "ports": {"e0": 0}}
         f = m.guest.open("/dev/virtio-ports/echo")
         f.write(b"xyz")
-        assert handler({}) == {"echoed": 5, "ports": {"e0": 5}}
-        assert handler({"id": "e0"}) == {"echoed": 5, "pending": 0}
+        assert handler() == {"echoed": 5, "ports": {"e0": 5}}
+        assert handler(id="e0") == {"echoed": 5, "pending": 0}
         from emulator.errors import QMPError
 
         with pytest.raises(QMPError, match="Device 'nope' not found"):
-            handler({"id": "nope"})
+            handler(id="nope")
     finally:
         rt.close()
+
+
+def test_plugin_qmp_command_arguments_are_checked_with_qemus_messages() -> None:
+    """A plugin command's signature is its QAPI schema: missing, unexpected
+    and mistyped arguments are answered before the plugin runs."""
+
+    def x_sum(rt: Runtime, n: int, label: str = "sum", flags: list[str] | None = None) -> dict[str, Any]:
+        return {label: n + len(flags or [])}
+
+    mod = plugin_module("summer", vserial_qmp_commands=lambda: {"x-sum": x_sum})
+    rt = Runtime(plugins=make_plugin_manager([mod], autoload=False))
+    try:
+        out: list[bytes] = []
+        session = QMPSession(rt.monitor, out.append)
+        session.feed(b'{"execute": "qmp_capabilities"}')
+        for args, reply in [
+            ({"n": 2, "flags": ["a"]}, {"return": {"sum": 3}}),
+            ({}, {"error": {"class": "GenericError", "desc": "Parameter 'n' is missing"}}),
+            ({"n": "2"}, {"error": {"class": "GenericError", "desc": "Invalid parameter type for 'n', expected: integer"}}),
+            ({"n": 1, "zz": 0}, {"error": {"class": "GenericError", "desc": "Parameter 'zz' is unexpected"}}),
+            ({"n": 1, "flags": "a"}, {"error": {"class": "GenericError", "desc": "Invalid parameter type for 'flags', expected: array"}}),
+        ]:
+            out.clear()
+            session.feed(json.dumps({"execute": "x-sum", "arguments": args}).encode())
+            assert [json.loads(line) for line in b"".join(out).splitlines()] == [reply]
+    finally:
+        rt.close()
+
+
+def test_plugin_qmp_command_with_unnamed_parameters_is_a_plugin_error() -> None:
+    mod = plugin_module("star", vserial_qmp_commands=lambda: {"x-star": lambda rt, *args: args})
+    with pytest.raises(PluginError, match="parameter 'args' must be named"):
+        Runtime(plugins=make_plugin_manager([mod], autoload=False)).close()
 
 
 def test_plugin_qmp_command_cannot_replace_a_builtin_command() -> None:
