@@ -31,6 +31,12 @@ OUTPUT_HIGH_WATER = 16 * 1024 * 1024  # queued output above which a monitor stop
 
 Command = Callable[..., Any]
 
+# QEMU's monitor_qapi_event_conf: guest-triggerable events are limited to one
+# per second (QEMU_CLOCK_REALTIME), per port id for VSERPORT_CHANGE.  The
+# first goes out at once; within the period only the latest is kept, and it
+# goes out when the period ends, which starts the next one.
+THROTTLED_EVENTS = {"VSERPORT_CHANGE": 1.0}
+
 
 class Monitor:
     """The command table shared by every session (one per -qmp)."""
@@ -44,6 +50,10 @@ class Monitor:
         # where an unexpected exception is logged, one line each (the
         # runtime sends it to stderr and the -D log)
         self.on_error: Callable[[str], None] = lambda line: None
+        # the main loop's timers; without them (a bare Monitor) nothing is throttled
+        self.call_later: Callable[[float, Callable[[], None]], object] | None = None
+        # (event, id) -> the latest line held back in this period, or None
+        self._throttled: dict[tuple[str, ...], bytes | None] = {}
 
     def internal_error(self, where: str, exc: Exception) -> str:
         """Log an unexpected exception; the desc of the GenericError a
@@ -69,6 +79,32 @@ class Monitor:
         except Exception as exc:
             self.internal_error(f"event {name}", exc)
             return
+        rate = THROTTLED_EVENTS.get(name)
+        if rate is None or self.call_later is None:
+            self._send_event(line)
+            return
+        # monitor_qapi_event_queue: QEMU hashes the id only for VSERPORT_CHANGE
+        key = (name, str((data or {}).get("id"))) if name == "VSERPORT_CHANGE" else (name,)
+        if key in self._throttled:
+            self._throttled[key] = line  # the latest state wins
+            return
+        self._send_event(line)
+        self._throttled[key] = None
+        self.call_later(rate, lambda: self._period_over(key, rate))
+
+    def _period_over(self, key: tuple[str, ...], rate: float) -> None:
+        """monitor_qapi_event_handler: send what was held back and start a
+        new period, or end the throttling of ``key``."""
+        line = self._throttled.get(key)
+        if line is None:
+            self._throttled.pop(key, None)
+            return
+        self._send_event(line)
+        self._throttled[key] = None
+        assert self.call_later is not None
+        self.call_later(rate, lambda: self._period_over(key, rate))
+
+    def _send_event(self, line: bytes) -> None:
         for s in list(self.sessions):
             if s.command_mode and not s.closed:
                 s.write(line)

@@ -53,6 +53,7 @@ class Runtime(QmpCommands):
         self.agent = GuestAgent(self.machine)
         self.monitor = Monitor(f"vserial {VERSION}")
         self.monitor.on_quit = self._quit_now
+        self.monitor.call_later = self.loop.call_later
         self.monitor.on_error = self.loop.on_error = self._log_internal_error
         self.monitors: list[ChardevMonitor] = []
         self.machine.event_listeners.append(self._on_event)

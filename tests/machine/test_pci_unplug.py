@@ -10,6 +10,7 @@ with DEVICE_DELETED (a port, the virtio-backend, the PCI proxy)."""
 from __future__ import annotations
 
 import errno
+import time
 
 import pytest
 
@@ -188,6 +189,11 @@ def test_cont_with_a_pending_unplug_sends_the_guest_side_events_after_the_reply(
     s.cmd("device_del", id="vs1")
     s.raw.clear()
     s.cmd("cont")
+    # p1's close comes within a second of its open: QEMU's monitor holds it
+    # until that second is over (one VSERPORT_CHANGE per port per second).
+    deadline = time.monotonic() + 5
+    while "VSERPORT_CHANGE" not in [m.get("event") for m in s.messages()] and time.monotonic() < deadline:
+        rt.loop.run_once(0.05)
     seq = [m.get("event", "reply") for m in s.messages()]
     assert seq[0] == "RESUME"
     reply = seq.index("reply")

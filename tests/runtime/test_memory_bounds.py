@@ -71,7 +71,10 @@ def machine(build: Callable[..., Runtime], tmp: str) -> Iterator[tuple[Runtime, 
 class Pipelined:
     """Operations sent over the QMP socket in batches of ``BATCH`` (as a
     client that does not wait for each reply may); every reply is checked
-    and every event read, so nothing waits in the client between batches."""
+    and the events read as they come, so nothing waits in the client
+    between batches.  ``events_per_op`` is how many a batch must bring at
+    least: 0 for VSERPORT_CHANGE, which the monitor limits to one per
+    second per port as QEMU does."""
 
     def __init__(self, client: Qmp, requests: Callable[[], list[dict[str, Any]]], check: Callable[[Any], None],
                  event: str, events_per_op: int) -> None:
@@ -96,7 +99,6 @@ class Pipelined:
                     assert "return" in msg, msg
                     self.check(msg["return"])
                     replies += 1
-            assert self.client.buf == b""
             ops -= n
 
 
@@ -138,7 +140,7 @@ def test_20000_guest_open_close_cycles_keep_memory_flat(machine: tuple[Runtime, 
     def check(value: Any) -> None:
         assert value == expected.pop(0)
 
-    heap, blocks, rss = grown(Pipelined(client, open_close, check, "VSERPORT_CHANGE", 2), 20_000)
+    heap, blocks, rss = grown(Pipelined(client, open_close, check, "VSERPORT_CHANGE", 0), 20_000)
     assert heap < HEAP_LIMIT
     assert blocks < BLOCK_LIMIT
     assert rss < RSS_LIMIT
