@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Callable
 
 Callback = Callable[[], None]
+MAX_WAIT = 3600.0  # seconds; well inside poll(2)'s INT_MAX milliseconds
 
 
 def internal_error_line(where: str, exc: BaseException) -> str:
@@ -136,7 +137,9 @@ class MainLoop:
             self._cancelled.discard(heapq.heappop(self._timers)[1])
         if not self._timers:
             return None
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        # poll(2) takes an int of milliseconds: a far timer is waited for in
+        # turns of at most MAX_WAIT (the loop wakes and looks again).
+        return min(MAX_WAIT, max(0.0, self._timers[0][0] - time.monotonic()))
 
     def run_once(self, timeout: float | None = None) -> None:
         wait = self._timeout()

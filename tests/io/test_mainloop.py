@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from emulator.io.mainloop import MAX_WAIT, MainLoop
 from emulator.runtime.runtime import Runtime
 
 from tests.runtime.programs import (  # noqa: F401  (build: a fixture)
@@ -73,3 +74,19 @@ def test_a_callback_that_raises_is_reported_once_and_the_loop_runs_on() -> None:
         loop.close()
         os.close(r)
         os.close(w)
+
+
+def test_a_timer_beyond_polls_range_does_not_break_the_loop() -> None:
+    """poll(2) takes an int of milliseconds; a timer 2**62 s away is waited
+    for in bounded turns (was: OverflowError out of run_once)."""
+    loop = MainLoop()
+    try:
+        fired: list[int] = []
+        loop.call_later(float(2**62), lambda: fired.append(1))
+        loop.call_soon(lambda: fired.append(0))
+        loop.run_once(0.01)
+        assert loop._timeout() == MAX_WAIT
+        loop.run_once(0.01)
+        assert fired == [0]
+    finally:
+        loop.close()
