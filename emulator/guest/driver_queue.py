@@ -14,9 +14,11 @@ import errno
 import struct
 from typing import Any
 
+import attrs
+
 from emulator.core import vring
 from emulator.core.memory import GuestMemory
-from emulator.errors import GuestKernelBug, GuestOSError
+from emulator.errors import GuestKernelBug, GuestOSError, StateError
 from emulator.guest.kmalloc import Kmalloc
 
 _DESC = vring.DESC
@@ -26,11 +28,59 @@ _U16_UNPACK = struct.Struct("<H").unpack_from
 _U16_PACK = struct.Struct("<H").pack_into
 
 
+# The control packet's token (virtio_console's static ``cpkt``); every other
+# token the driver posts is the address of the buffer it put in the chain.
+CPKT = "cpkt"
+
+
+class DriverQueueStateError(StateError):
+    """A driver queue record that does not fit its ring; ``field`` names the
+    ``DriverQueueState`` field that is wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@attrs.define
+class DriverQueueState:
+    """Plain, untrusted record of the driver's side of one ring (Linux's
+    ``struct vring_virtqueue`` shadows); the ring itself is in guest RAM.
+
+    ``tokens[head]`` is what ``add`` was given for the chain at ``head``
+    (None: no chain there): a buffer address or ``CPKT``;
+    ``chain_len[head]`` is that chain's descriptor count (0: none).
+    """
+
+    index: int
+    num: int
+    desc: int
+    avail: int
+    used: int
+    free_head: int
+    num_free: int
+    avail_idx: int
+    last_used_idx: int
+    num_added: int
+    tokens: list[int | str | None]
+    chain_len: list[int]
+    event_idx: bool
+    broken: bool
+
+
+_QUEUE_FIELDS = tuple(a.name for a in attrs.fields(DriverQueueState))
+
+
+def _int_in(st: DriverQueueState, name: str, low: int, high: int) -> int:
+    v = getattr(st, name)
+    if type(v) is not int or not low <= v <= high:
+        raise DriverQueueStateError(name, f"{v!r} out of range [{low}, {high}]")
+    return v
+
+
 class DriverQueue:
-    __slots__ = (
-        "index", "num", "desc", "avail", "used", "free_head", "num_free", "avail_idx",
-        "last_used_idx", "num_added", "tokens", "chain_len", "event_idx", "broken",
-    )
+    __slots__ = _QUEUE_FIELDS
 
     def __init__(self, mem: GuestMemory, alloc: Kmalloc, index: int, num: int, event_idx: bool) -> None:
         self.index = index
@@ -192,3 +242,122 @@ class DriverQueue:
                 self.tokens[head] = None
                 self._free_chain(mem, head)
         return out
+
+    # ------------------------------------------------------------ state records
+    def state(self) -> DriverQueueState:
+        values: dict[str, Any] = {name: getattr(self, name) for name in _QUEUE_FIELDS}
+        values["tokens"] = list(self.tokens)
+        values["chain_len"] = list(self.chain_len)
+        return DriverQueueState(**values)
+
+    @classmethod
+    def from_state(cls, st: DriverQueueState, mem: GuestMemory) -> DriverQueue:
+        """A live queue from an untrusted record, checked against the ring in
+        ``mem``: geometry inside RAM, every index in range, the free list and
+        the posted chains walked through the descriptors' ``next`` fields
+        (together exactly the ring, no descriptor twice), each buffer token
+        equal to its head descriptor's address, the avail and used indices
+        in RAM agreeing with the shadows.  Raises DriverQueueStateError
+        naming the field; nothing is built or written."""
+        _int_in(st, "index", 0, 0xFFFF)
+        num = _int_in(st, "num", 1, vring.MAX_QUEUE_SIZE)
+        if not vring.is_valid_size(num):
+            raise DriverQueueStateError("num", f"{num} is not a power of two")
+        for name, size, align in (
+            ("desc", vring.desc_table_size(num), 16),
+            ("avail", vring.avail_size(num), 2),
+            ("used", vring.used_size(num), 4),
+        ):
+            addr = _int_in(st, name, 0, 0xFFFF_FFFF_FFFF_FFFF)
+            if addr + size > mem.size:
+                raise DriverQueueStateError(name, f"ring 0x{addr:x}+{size} is not inside RAM ({mem.size} bytes)")
+            if addr % align:
+                raise DriverQueueStateError(name, f"ring 0x{addr:x} is not {align}-byte aligned")
+        _int_in(st, "free_head", 0, num - 1)
+        _int_in(st, "num_free", 0, num)
+        _int_in(st, "avail_idx", 0, 0xFFFF)
+        _int_in(st, "last_used_idx", 0, 0xFFFF)
+        _int_in(st, "num_added", 0, num)
+        for name in ("event_idx", "broken"):
+            if not isinstance(getattr(st, name), bool):
+                raise DriverQueueStateError(name, f"{getattr(st, name)!r} is not a bool")
+        if len(st.tokens) != num:
+            raise DriverQueueStateError("tokens", f"{len(st.tokens)} entries for a ring of {num}")
+        if len(st.chain_len) != num:
+            raise DriverQueueStateError("chain_len", f"{len(st.chain_len)} entries for a ring of {num}")
+        # Walk the posted chains, then the free list: together they are the
+        # ring, each descriptor once.
+        owner: list[int | None] = [None] * num
+        heads = []
+        for head, (token, n) in enumerate(zip(st.tokens, st.chain_len, strict=True)):
+            if token is None:
+                if n != 0:
+                    raise DriverQueueStateError("chain_len", f"head {head} has a length but no token")
+                continue
+            if type(n) is not int or not 1 <= n <= num:
+                raise DriverQueueStateError("chain_len", f"head {head}: length {n!r} out of range [1, {num}]")
+            if not (token == CPKT or (type(token) is int and token >= 0)):
+                raise DriverQueueStateError("tokens", f"head {head}: {token!r} is neither a buffer nor {CPKT!r}")
+            heads.append(head)
+            i = head
+            for k in range(n):
+                if owner[i] is not None:
+                    raise DriverQueueStateError(
+                        "chain_len", f"head {head}: descriptor {i} is also in the chain at {owner[i]}")
+                owner[i] = head
+                addr, length, flags, nxt = mem.unpack_from(_DESC, st.desc + 16 * i)
+                if addr + length > mem.size:
+                    raise DriverQueueStateError(
+                        "desc", f"descriptor {i}: buffer 0x{addr:x}+{length} is not inside RAM")
+                if bool(flags & vring.VRING_DESC_F_NEXT) != (k < n - 1):
+                    raise DriverQueueStateError("chain_len", f"head {head}: the chain in RAM is not {n} long")
+                if k == 0 and type(token) is int and addr != token:
+                    raise DriverQueueStateError(
+                        "tokens", f"head {head}: token 0x{token:x} is not its buffer 0x{addr:x}")
+                if k < n - 1:
+                    if nxt >= num:
+                        raise DriverQueueStateError("chain_len", f"head {head}: next {nxt} is outside the ring")
+                    i = nxt
+        i = st.free_head
+        for k in range(st.num_free):
+            if owner[i] is not None:
+                raise DriverQueueStateError("num_free", f"free descriptor {i} is in the chain at {owner[i]}")
+            owner[i] = num  # free
+            i = mem.read_u16(st.desc + 16 * i + 14)
+            if k < st.num_free - 1 and i >= num:
+                raise DriverQueueStateError("free_head", f"the free list leaves the ring (next {i})")
+        if owner.count(None):
+            raise DriverQueueStateError(
+                "num_free", f"{owner.count(None)} descriptors are neither free nor in a chain")
+        # Every chain posted and not yet taken back is in the avail ring,
+        # the newest ``in_flight`` entries (the device uses them in order).
+        in_flight = len(heads)
+        if mem.read_u16(st.avail + 2) != st.avail_idx:
+            raise DriverQueueStateError(
+                "avail_idx", f"{st.avail_idx} but the ring's avail idx is {mem.read_u16(st.avail + 2)}")
+        if (st.avail_idx - st.last_used_idx) & 0xFFFF != in_flight:
+            raise DriverQueueStateError(
+                "last_used_idx",
+                f"avail_idx {st.avail_idx} - last_used_idx {st.last_used_idx} is not the {in_flight} chains posted",
+            )
+        posted = sorted(
+            mem.read_u16(st.avail + 4 + 2 * (((st.avail_idx - in_flight + k) & 0xFFFF) % num))
+            for k in range(in_flight)
+        )
+        if posted != heads:
+            raise DriverQueueStateError("tokens", "the chains posted are not the avail ring's newest entries")
+        if not st.broken:
+            used_idx = mem.read_u16(st.used + 2)
+            done = (used_idx - st.last_used_idx) & 0xFFFF
+            if done > in_flight:
+                raise DriverQueueStateError(
+                    "last_used_idx", f"the device used {done} buffers but only {in_flight} are posted")
+            for k in range(done):
+                head = mem.read_u32(st.used + 4 + 8 * ((st.last_used_idx + k) % num))
+                if head >= num or st.tokens[head] is None:
+                    raise DriverQueueStateError("broken", f"used entry {k} names {head}, which is not a head")
+        q = cls.__new__(cls)
+        for name in _QUEUE_FIELDS:
+            v = getattr(st, name)
+            setattr(q, name, list(v) if name in ("tokens", "chain_len") else v)
+        return q

@@ -47,7 +47,7 @@ from emulator.core.virtio import (
     STATUS_FEATURES_OK,
 )
 from emulator.errors import GuestNotRunning, GuestOSError
-from emulator.guest.driver_queue import DriverQueue
+from emulator.guest.driver_queue import CPKT, DriverQueue
 from emulator.guest.kmalloc import Kmalloc
 from emulator.guest.platform import GuestPlatform, VirtioTransport
 
@@ -107,6 +107,22 @@ class GuestPort:
         self.bytes_discarded = 0
         self.removed = False
 
+    @classmethod
+    def detached(cls, portdev: PortsDevice, port_id: int) -> GuestPort:
+        """A port already unplugged that an open file still names (what a
+        restore rebuilds for such a file).  It has no queues: every file
+        operation on a removed port returns before it would touch them."""
+        port = cls.__new__(cls)
+        port.portdev = portdev
+        port.id = port_id
+        port.name = None
+        port.hvc = None
+        port.guest_connected = port.host_connected = port.outvq_full = False
+        port.inbuf = None
+        port.bytes_sent = port.bytes_received = port.bytes_discarded = 0
+        port.removed = True
+        return port
+
     @property
     def node(self) -> str:
         return f"vport{self.portdev.index}p{self.id}"
@@ -132,6 +148,25 @@ class PortsDevice:
         self.ctrl_tx_buf = 0
         self.probed = False
         self.warnings: RingLog[str] = RingLog(KERNEL_LOG_KEPT)
+
+    @classmethod
+    def detached(cls, kernel: GuestKernel, index: int) -> PortsDevice:
+        """The driver instance of a device already removed, for the ports
+        of files still open on it (see ``GuestPort.detached``): no transport,
+        no queues, no ports, not probed and not in ``kernel.portdevs``."""
+        pd = cls.__new__(cls)
+        pd.kernel = kernel
+        pd.mem = kernel.mem
+        pd.index = index
+        pd.features = 0
+        pd.multiport = False
+        pd.max_nr_ports = 1
+        pd.queues = {}
+        pd.ports = {}
+        pd.ctrl_tx_buf = 0
+        pd.probed = False
+        pd.warnings = RingLog(KERNEL_LOG_KEPT)
+        return pd
 
     # ------------------------------------------------------------- plumbing
 
@@ -212,7 +247,10 @@ class PortsDevice:
             return
         q = self.queues[3]
         self.mem.write(self.ctrl_tx_buf, CONTROL_HEADER.pack(port_id, event, value))
-        q.add(self.mem, [(self.ctrl_tx_buf, CONTROL_HEADER.size)], [], "cpkt")
+        q.add(self.mem, [(self.ctrl_tx_buf, CONTROL_HEADER.size)], [], CPKT)
+        # virtqueue_kick: prepare (which restarts the count of buffers added
+        # since the last kick), then notify; this driver always notifies.
+        q.num_added = 0
         self.kernel.platform.notify_device(self.dev, 3)
         # Linux spins on get_buf; the device consumed it during the kick
         # (or is broken, in which case Linux gives up too).
