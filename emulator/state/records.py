@@ -28,6 +28,7 @@ import attrs
 import vmstate
 from emulator.core.control import Event
 from emulator.core.device import VirtIOSerial
+from emulator.core.ports import VirtIOSerialPort
 from emulator.core.virtqueue import Element, VirtQueue, VirtQueueState
 from emulator.errors import GuestError
 from vmstate import U8, U16, U32, U64, Bitmap, Bool, ListOf, Nested, Optional, Str
@@ -189,13 +190,19 @@ def _live_element(er: ElementRecord) -> Element:
     return Element(er.head, out, ins, len(out) + len(ins))
 
 
+def _port_fields(port: VirtIOSerialPort) -> dict[str, Any]:
+    fields = {name: getattr(port, name) for name in _PORT_READ}
+    if port.elem is None:
+        # QEMU saves the flush position only with a held element; without
+        # one, iov_idx still points past the last element finished.
+        fields["iov_idx"] = fields["iov_offset"] = 0
+    return fields
+
+
 def capture(dev: VirtIOSerial) -> VirtIOSerialRecord:
     """The device's state as a plain record (nothing is changed)."""
     ports = [
-        PortRecord(
-            **{name: getattr(p, name) for name in _PORT_READ},
-            elem=None if p.elem is None else _element_record(p.elem),
-        )
+        PortRecord(**_port_fields(p), elem=None if p.elem is None else _element_record(p.elem))
         for p in dev.ports.values()  # plug order, as QEMU saves them
     ]
     queues = []

@@ -59,16 +59,7 @@ def _busy() -> Machine:
 
 
 def _device(m: Machine) -> records.VirtIOSerialRecord:
-    """records.capture, with the iov position of ports that hold no element
-    cleared: the device leaves iov_idx at the end of the last element it
-    finished, and records.restore refuses "iov position without a held
-    element" (QEMU saves the position only with an element).  Reported to
-    the device's owners; remove this when capture or restore is fixed."""
-    rec = records.capture(m.devices[0])
-    for p in rec.ports:
-        if p.elem is None:
-            p.iov_idx = p.iov_offset = 0
-    return rec
+    return records.capture(m.devices[0])
 
 
 def _snapshot(m: Machine) -> tuple[records.VirtIOSerialRecord, bytes, gstate.GuestRecord]:
