@@ -36,6 +36,10 @@ class PendingInterrupts(Generic[D]):
             self._set.add(key)
             self._queue.append((dev, queue))
 
+    def pending(self) -> list[tuple[D, int]]:
+        """The pending interrupts, oldest first (nothing changes)."""
+        return list(self._queue)
+
     def take(self) -> tuple[D, int]:
         """The oldest pending interrupt, no longer pending."""
         dev, queue = self._queue.popleft()

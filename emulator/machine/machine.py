@@ -152,6 +152,16 @@ class Machine:
     def _anon_count(self) -> int:
         return self.qom.anon_count
 
+    @property
+    def bus_auto_ids(self) -> int:
+        """The n the next id-less virtio-serial device's bus gets
+        (``virtio-serial-bus.<n>``); a loaded snapshot sets it."""
+        return self._bus_auto_ids
+
+    @bus_auto_ids.setter
+    def bus_auto_ids(self, value: int) -> None:
+        self._bus_auto_ids = value
+
     # ---------------------------------------------------------------- chardevs
     def chardev_add(self, chardev: Chardev) -> Chardev:
         if chardev.id in self.chardevs:
@@ -386,6 +396,10 @@ class Machine:
             self._event(QmpEvent("DEVICE_DELETED", {"device": obj.qdev_id, "path": path}))
         else:
             self._event(QmpEvent("DEVICE_DELETED", {"path": path}))
+
+    def request_eject(self) -> None:
+        """Pending unplug requests reach the guest (after a snapshot load)."""
+        self._request_eject()
 
     def _request_eject(self) -> None:
         """The guest acts on a pending unplug request: at once in the

@@ -57,6 +57,14 @@ class QomTree(Generic[T]):
             del self._anon_path[id(obj)]
         return path
 
+    def reassign_anon(self, paths: list[tuple[T, str]], anon_count: int) -> None:
+        """A loaded snapshot's anonymous paths and counter replace this
+        machine's (its id-less devices may have been created in another
+        order).  ``paths`` names every id-less device of the tree."""
+        self.anon = {path: obj for obj, path in paths}
+        self._anon_path = {id(obj): path for obj, path in paths}
+        self.anon_count = anon_count
+
     def path(self, obj: T, qdev_id: str | None) -> str:
         if qdev_id is not None:
             return PERIPHERAL + qdev_id

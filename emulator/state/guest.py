@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -442,6 +443,21 @@ def _rx_index(port_id: int) -> int:
 _NODE = re.compile(r"/dev/vport(\d+)p(\d+)\Z")
 
 
+@attrs.frozen
+class DeviceView:
+    """A device as the guest's restore checks it: the live transport the
+    driver will be bound to, and the state the device's own restore will
+    leave it in (the whole-machine load checks the guest against devices
+    it has staged but not yet applied, and may renumber their virtio
+    indices)."""
+
+    transport: Any
+    guest_features: int
+    max_ports: int
+    queues: list[Any]
+    ports: Any  # supports ``in`` (port ids)
+
+
 def restore(kernel: GuestKernel, rec: GuestRecord, *, mem: GuestMemory | None = None) -> None:
     """Apply a record to the guest of a machine with the same devices.
 
@@ -451,6 +467,17 @@ def restore(kernel: GuestKernel, rec: GuestRecord, *, mem: GuestMemory | None = 
     kernel takes the rebuilt objects all at once.  Raises
     vmstate.ValidationError naming the field; on error nothing changed.
     """
+    prepare(kernel, rec, mem=mem)()
+
+
+def prepare(
+    kernel: GuestKernel, rec: GuestRecord, *, mem: GuestMemory | None = None,
+    devices: dict[int, DeviceView] | None = None,
+) -> Callable[[], None]:
+    """``restore``'s checks, nothing changed; returns what applies it.
+
+    ``devices``: virtio index -> the device as it will be (default: the
+    machine's devices as they are, by their current index)."""
     mem = kernel.mem if mem is None else mem
     if mem.size != kernel.mem.size:
         raise _fail("", f"RAM of {mem.size} bytes, this guest has {kernel.mem.size}")
@@ -459,7 +486,14 @@ def restore(kernel: GuestKernel, rec: GuestRecord, *, mem: GuestMemory | None = 
         raise _fail("dead", "a kernel that system_reset replaced is not restored")
     if not rec.booted and (rec.devices or rec.files or rec.nodes or rec.links):
         raise _fail("booted", "a guest that has not booted has no devices, nodes or files")
-    transports = {dev.index: dev for dev in kernel.platform.devices}
+    if devices is None:
+        devices = {
+            dev.index: DeviceView(dev, dev.guest_features, dev.max_ports, dev.queues, dev.ports)
+            for dev in kernel.platform.devices if isinstance(dev, VirtIOSerial)
+        }
+        transports = {dev.index: dev for dev in kernel.platform.devices}
+    else:
+        transports = {index: view.transport for index, view in devices.items()}
     portdevs: dict[int, PortsDevice] = {}
     live: dict[tuple[int, int], GuestPort] = {}
     hvcs: dict[int, GuestPort] = {}
@@ -472,7 +506,7 @@ def restore(kernel: GuestKernel, rec: GuestRecord, *, mem: GuestMemory | None = 
         dev = transports.get(dr.index)
         if dev is None:
             raise _fail(f"{path}/index", f"this machine has no virtio{dr.index}")
-        pd = _device(kernel, dev, dr, mem, blocks, path)
+        pd = _device(kernel, dev, devices.get(dr.index), dr, mem, blocks, path)
         for j, pr in enumerate(dr.ports):
             port = pd.ports[pr.id]
             if pr.hvc is not None:
@@ -486,16 +520,20 @@ def restore(kernel: GuestKernel, rec: GuestRecord, *, mem: GuestMemory | None = 
     nodes = _nodes(rec, live)
     links = _links(rec, live)
     files = _files(kernel, rec, portdevs, live, port_path)
-    # Everything checked: the kernel takes it all.
-    kernel.kmalloc = blocks.kmalloc
-    kernel.portdevs = portdevs
-    kernel.nodes = nodes
-    kernel.hvcs = dict(sorted(hvcs.items()))
-    kernel.links = links
-    kernel.open_files = files
-    kernel.booted = rec.booted
-    kernel.dead = rec.dead
-    kernel.log = _ring_log(rec.log)
+
+    def apply() -> None:
+        # Everything checked: the kernel takes it all.
+        kernel.kmalloc = blocks.kmalloc
+        kernel.portdevs = portdevs
+        kernel.nodes = nodes
+        kernel.hvcs = dict(sorted(hvcs.items()))
+        kernel.links = links
+        kernel.open_files = files
+        kernel.booted = rec.booted
+        kernel.dead = rec.dead
+        kernel.log = _ring_log(rec.log)
+
+    return apply
 
 
 def _ring_log(lr: GuestLogRecord) -> RingLog[str]:
@@ -505,9 +543,9 @@ def _ring_log(lr: GuestLogRecord) -> RingLog[str]:
 
 
 def _device(
-    kernel: GuestKernel, dev: Any, dr: GuestDeviceRecord, mem: GuestMemory, blocks: _Blocks, path: str
+    kernel: GuestKernel, dev: Any, device: DeviceView | None, dr: GuestDeviceRecord, mem: GuestMemory,
+    blocks: _Blocks, path: str,
 ) -> PortsDevice:
-    device = dev if isinstance(dev, VirtIOSerial) else None
     if not dr.probed:
         raise _fail(f"{path}/probed", "a driver instance the kernel keeps is probed")
     if device is not None and dr.features != device.guest_features:
@@ -530,6 +568,7 @@ def _device(
             raise _fail(f"{path}/ctrl_tx_buf", "a control buffer without MULTIPORT")
     event_idx = bool(dr.features & (1 << vring.VIRTIO_RING_F_EVENT_IDX))
     pd = PortsDevice(kernel, dev)
+    pd.index = dr.index  # the device takes this index when the machine's load renumbers it
     pd.features, pd.multiport, pd.max_nr_ports = dr.features, dr.multiport, dr.max_nr_ports
     pd.ctrl_tx_buf, pd.probed = dr.ctrl_tx_buf, dr.probed
     pd.warnings = _ring_log(dr.warnings)

@@ -237,6 +237,35 @@ def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord, ram: Any = None) -> None
             ram.apply_to(mem.ring_buf)
         except (ValueError, TypeError) as err:
             raise vmstate.ValidationError("ram", str(err)) from None
+    staged = stage(dev, rec, mem)
+    # Everything checked: apply.
+    if mem is not live:
+        live.assign(mem)
+    staged.apply()
+
+
+@attrs.define
+class StagedDevice:
+    """A record checked against a device and the RAM it will run on, with
+    its live queues and held elements built aside (``stage``); ``apply``
+    puts them in and runs QEMU's post-load rules.  The whole-machine load
+    stages every device (and checks the guest against ``queues``) before
+    it applies any."""
+
+    dev: VirtIOSerial
+    rec: VirtIOSerialRecord
+    queues: list[VirtQueue]
+    held: dict[int, Element | None]
+
+    def apply(self) -> None:
+        _apply(self.dev, self.rec, self.queues, self.held)
+
+
+def stage(dev: VirtIOSerial, rec: VirtIOSerialRecord, mem: Any) -> StagedDevice:
+    """Check ``rec`` against ``dev`` with the rings in ``mem`` (the staged
+    RAM) and build its live objects aside; nothing is changed.  Raises
+    vmstate.ValidationError naming the field."""
+    live = dev.mem
     if rec.max_ports != dev.max_ports:
         raise _fail("max_ports", f"stream has {rec.max_ports}, this device {dev.max_ports}")
     if rec.ports_map != _map_int(dev.ports_map):
@@ -277,9 +306,11 @@ def restore(dev: VirtIOSerial, rec: VirtIOSerialRecord, ram: Any = None) -> None
         if pr.driver != port.driver:
             raise _fail(f"{path}/driver", f"stream has {pr.driver}, port {pr.id} here is {port.driver}")
         held[pr.id] = _element(pr, queues[port.tx_queue], live.size, path)
-    # Everything checked: apply.
-    if mem is not live:
-        live.assign(mem)
+    return StagedDevice(dev, rec, queues, held)
+
+
+def _apply(dev: VirtIOSerial, rec: VirtIOSerialRecord, queues: list[VirtQueue],
+           held: dict[int, Element | None]) -> None:
     for name in _DEVICE_COPIED:
         setattr(dev, name, getattr(rec, name))
     dev.queues = queues
