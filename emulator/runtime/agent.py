@@ -54,7 +54,7 @@ class GuestAgent:
         self.machine = machine
         self.handles: dict[int, AgentHandle] = {}
         self.draining: list[AgentHandle] = []  # closed by the program, still flushing
-        self._next = FIRST_HANDLE
+        self.next_handle = FIRST_HANDLE
 
     def _get(self, handle: int) -> AgentHandle:
         h = self.handles.get(handle)
@@ -77,8 +77,8 @@ class GuestAgent:
             raise AgentError(f"failed to open file '{path}' (mode: '{mode}'): {os.strerror(err.errno or 0)}") from None
         except GuestNotRunning:
             raise AgentError("Guest agent is not available: the guest is not running") from None
-        handle = self._next
-        self._next += 1
+        handle = self.next_handle
+        self.next_handle += 1
         self.handles[handle] = AgentHandle(handle, f, mode)
         return handle
 

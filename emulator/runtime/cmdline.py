@@ -47,6 +47,8 @@ from emulator.machine.machine import MACHINE_TYPES
 from emulator.machine.qdev import convert, parse_opts, port_types, transport_types
 from emulator.plugin.manager import default_plugins
 from emulator.runtime.runtime import VERSION, Runtime
+from emulator.snapshot.store import SnapshotError
+from emulator.state.machine import LoadError
 
 PROG = "vserial"
 
@@ -71,6 +73,10 @@ Monitors:
 Machine:
 -M pc|q35|microvm  -m SIZE  -name NAME  -uuid UUID  -S  -pidfile FILE  -readconfig FILE
 -trace PATTERN  -D FILE  -msg timestamp=on|off
+
+Snapshots:
+-loadvm TAG                            start from snapshot TAG
+-snapshot-dir DIR                      where snapshots live (default $XDG_STATE_HOME/vserial/snapshots)
 
 Accepted without effect: -accel -cpu -smp -display -vga -boot -rtc -overcommit -sandbox -nodefaults
 -nographic -no-user-config -enable-kvm -no-shutdown -no-reboot -no-hpet; -serial/-monitor/-parallel none
@@ -191,6 +197,8 @@ class CommandLine:
     mons: list[tuple[str, str]] = attrs.Factory(list)  # -mon: (where, chardev id)
     global_props: list[tuple[str, str, str]] = attrs.Factory(list)  # -global: (driver, property, value)
     virtcons: int = 0  # -virtioconsole chardevs made so far
+    loadvm: str | None = None  # -loadvm TAG
+    snapshot_dir: str | None = None  # -snapshot-dir DIR (vserial's: QEMU keeps snapshots in qcow2 images)
 
     def parse_warn(self, given: Given, implied: str) -> dict[str, str]:
         """parse_opts on the option's argument, reporting its warnings."""
@@ -346,6 +354,14 @@ def _msg(cl: CommandLine, given: Given) -> None:
     _msg_opts(cl, given, warn=True)
 
 
+def _loadvm(cl: CommandLine, given: Given) -> None:
+    cl.loadvm = given.arg
+
+
+def _snapshot_dir(cl: CommandLine, given: Given) -> None:
+    cl.snapshot_dir = given.arg
+
+
 def _daemonize(cl: CommandLine, given: Given) -> None:
     raise ConfigError("not supported by vserial: start it in the background instead")
 
@@ -387,6 +403,8 @@ OPTIONS: dict[str, Option] = {
     "uuid": Option(True, _uuid),
     "S": Option(False, _paused),
     "pidfile": Option(True, _pidfile),
+    "loadvm": Option(True, _loadvm),
+    "snapshot-dir": Option(True, _snapshot_dir),
     "trace": Option(True, _trace),
     "D": Option(True, _log_file),
     "msg": Option(True, _msg),
@@ -480,7 +498,7 @@ def _assemble(cl: CommandLine, trace: Trace, log: IO[str] | None) -> Runtime:
     chardevs, monitors and devices in command-line order, then the pidfile."""
     try:
         rt = Runtime(ram_size=cl.ram_size, name=cl.guest_name, trace=trace, paused=cl.paused,
-                     machine_type=cl.machine_type)
+                     machine_type=cl.machine_type, snapshot_dir=cl.snapshot_dir)
     except (MemoryError, OverflowError):  # OverflowError: above what a bytearray can index
         if log is not None:
             log.close()
@@ -527,6 +545,13 @@ def _assemble(cl: CommandLine, trace: Trace, log: IO[str] | None) -> Runtime:
             except OSError as err:
                 raise UsageError("", f"cannot create PID file: {err.strerror}") from None
             rt.pidfile = cl.pidfile
+        if cl.loadvm is not None:
+            # qmp_x_exit_preconfig: load_snapshot() after every device is
+            # created, before autostart; a failure is fatal, unprefixed.
+            try:
+                rt.load_snapshot(cl.loadvm)
+            except (SnapshotError, LoadError) as err:
+                raise UsageError("", str(err)) from None
     except BaseException:
         rt.close()
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import time
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +26,13 @@ from emulator.machine import qdev
 from emulator.machine.machine import Machine
 from emulator.machine.runstate import RunState
 from emulator.plugin.manager import Plugins
+from emulator.runtime import hmp
 from emulator.runtime.agent import GuestAgent
 from emulator.runtime.monitor import Monitor
 from emulator.runtime.qmp import QEMU_VERSION, qbase64_decode
+from emulator.snapshot.info_snapshots import render_info_snapshots
+from emulator.snapshot.store import SnapshotError, SnapshotStore
+from emulator.state.machine import LoadError
 
 
 _QAPI_KINDS: dict[object, str] = {str: "str", int: "int", bool: "bool", dict: "object", list: "array"}
@@ -72,6 +77,9 @@ class QmpCommands:
     chardev_new: Callable[..., Chardev]
     chardev_remove: Callable[[str], None]
     _deferring: Callable[[Any], Any]
+    snapshots: SnapshotStore
+    save_snapshot: Callable[[str], None]
+    load_snapshot: Callable[[str], None]
 
     def _register_commands(self) -> None:
         def reg(name: str, handler: Any, spec: dict[str, tuple[str, bool]] | None) -> None:
@@ -107,6 +115,22 @@ class QmpCommands:
         reg("guest-file-close", self.qmp_guest_file_close, {"handle": ("int", True)})
         reg("guest-ping", self.qmp_guest_ping, {})
         reg("guest-sync", self.qmp_guest_sync, {"id": ("int", True)})
+        reg("human-monitor-command", self.qmp_human_monitor_command,
+            {"command-line": ("str", True), "cpu-index": ("int", False)})
+        self._hmp_commands = {
+            "savevm": hmp.HmpCommand("savevm", "s?", self.hmp_savevm),
+            "loadvm": hmp.HmpCommand("loadvm", "s", self.hmp_loadvm),
+            "delvm": hmp.HmpCommand("delvm", "s", self.hmp_delvm),
+            "info": hmp.HmpCommand("info", None, lambda: ""),
+        }
+        self._hmp_info = {
+            "snapshots": hmp.HmpCommand("snapshots", None, self.hmp_info_snapshots,
+                                        "show the currently saved VM snapshots"),
+            "name": hmp.HmpCommand("name", None, lambda: "" if self.name is None else f"{self.name}\r\n",
+                                   "show the current VM name"),
+            "status": hmp.HmpCommand("status", None, self.hmp_info_status,
+                                     "show the current VM status (running|paused)"),
+        }
         for name, handler in self.plugins.qmp_commands.items():
             if name in self.monitor.commands or name == "qmp_capabilities":
                 raise PluginError(f"QMP command '{name}' is already registered")
@@ -329,3 +353,57 @@ class QmpCommands:
         self.agent.close(handle)
         return {}
 
+
+    # ------------------------------------------------------------------ HMP
+    def qmp_human_monitor_command(self, command_line: str, cpu_index: int | None = None) -> str:
+        """HMP through QMP: the text is the reply, errors included."""
+        if cpu_index is not None and cpu_index != 0:  # one CPU, index 0 (monitor_set_cpu)
+            raise QMPError("Parameter 'cpu-index' expects a CPU number")
+        return hmp.run(command_line, self._hmp_commands, self._hmp_info)
+
+    def hmp_savevm(self, tag: str | None) -> str:
+        """hmp_savevm: save_snapshot(name, overwrite=true); no tag: the
+        local time as ``vm-%Y%m%d%H%M%S``."""
+        try:
+            self.save_snapshot(tag if tag is not None else time.strftime("vm-%Y%m%d%H%M%S"))
+        except SnapshotError as err:
+            return f"Error: {err}\r\n"
+        return ""
+
+    def hmp_loadvm(self, tag: str) -> str:
+        """hmp_loadvm: stop a running machine in ``restore-vm``, load, and
+        start it again only when the load worked (a failed load of a
+        running machine leaves it in ``restore-vm`` until ``cont``)."""
+        was_running = self.machine.running
+        self.machine.stop(RunState.RESTORE_VM)
+        try:
+            self.load_snapshot(tag)
+        except (SnapshotError, LoadError) as err:
+            return f"Error: {err}\r\n"
+        if was_running:
+            self.cont()
+        return ""
+
+    def hmp_delvm(self, tag: str) -> str:
+        """hmp_delvm: deleting a tag that is not there succeeds."""
+        try:
+            self.snapshots.delete(tag)
+        except SnapshotError as err:
+            return f"Error: {err}\r\n"
+        return ""
+
+    def hmp_info_snapshots(self) -> str:
+        try:
+            return render_info_snapshots(self.snapshots.list())
+        except SnapshotError as err:
+            return f"Error: {err}\r\n"
+
+    def hmp_info_status(self) -> str:
+        """hmp_info_status: ``running`` or ``paused``, with the run state in
+        brackets when it is not plain ``paused``."""
+        state = self.machine.runstate.state
+        if self.machine.running:
+            return "VM status: running\r\n"
+        if state is RunState.PAUSED:
+            return "VM status: paused\r\n"
+        return f"VM status: paused ({state.value})\r\n"

@@ -12,7 +12,9 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, Any
 
 from emulator.core.chardev import Chardev
@@ -23,8 +25,13 @@ from emulator.errors import ConfigError
 from emulator.io.mainloop import MainLoop
 from emulator.machine.machine import Machine
 from emulator.machine.qdev import check_id
+from emulator.machine.runstate import RunState
 from emulator.plugin.manager import Plugins, default_plugins
-from emulator.runtime.agent import GuestAgent
+from emulator.runtime.agent import AgentHandle, GuestAgent
+from emulator.snapshot.store import SnapshotError, SnapshotInfo, SnapshotStore, check_tag, default_snapshot_dir
+from emulator.state import agent as astate
+from emulator.state.guest import GuestRecord
+from emulator.state.machine import LoadError, load_machine, save_machine
 from emulator.runtime.commands import QmpCommands
 from emulator.runtime.monitor import ChardevMonitor, Monitor
 
@@ -42,6 +49,7 @@ class Runtime(QmpCommands):
         trace: Trace | None = None,
         paused: bool = False,
         machine_type: str = "pc",
+        snapshot_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.plugins = plugins if plugins is not None else default_plugins()
         self.loop = MainLoop()
@@ -67,13 +75,23 @@ class Runtime(QmpCommands):
         self.uuid: str | None = None  # -uuid
         self.pidfile: str | None = None  # -pidfile; removed at exit
         self._deferred_events: list[QmpEvent] | None = None
+        # Snapshots (savevm/loadvm/-loadvm): where they live, the VM clock
+        # (time the machine has run: monotonic, paused while stopped) and
+        # the VSERPORT_CHANGE events of the last load, held until it runs.
+        self.snapshots = SnapshotStore(snapshot_dir if snapshot_dir is not None else default_snapshot_dir(os.environ))
+        self._clock_ns = 0
+        self._clock_since: int | None = None
+        self._loading: list[QmpEvent] | None = None
+        self._post_load_events: list[QmpEvent] = []
 
     # ------------------------------------------------------------- life cycle
     def start(self) -> None:
         """Cold plug is done: boot the guest unless started paused (-S)."""
         self.machine.init_done = True
         if self.machine.running:
+            self._clock_since = time.monotonic_ns()
             self.machine.boot()
+            self._send_post_load_events()
         self.service()
 
     def service(self) -> None:
@@ -169,6 +187,14 @@ class Runtime(QmpCommands):
                 pass
 
     def _on_event(self, ev: QmpEvent) -> None:
+        if ev.name == "RESUME" and self._clock_since is None:
+            self._clock_since = time.monotonic_ns()
+        elif ev.name == "STOP" and self._clock_since is not None:
+            self._clock_ns += time.monotonic_ns() - self._clock_since
+            self._clock_since = None
+        if self._loading is not None and ev.name == "VSERPORT_CHANGE":
+            self._loading.append(ev)  # QEMU sends these once the VM runs again
+            return
         if self._deferred_events is not None and ev.name == "DEVICE_DELETED":
             self._deferred_events.append(ev)
             return
@@ -245,6 +271,7 @@ class Runtime(QmpCommands):
         self.machine.cont()
         if not self.machine.guest.booted:
             self.machine.boot()
+        self._send_post_load_events()
         self.service()
 
     def stop(self) -> None:
@@ -277,3 +304,104 @@ class Runtime(QmpCommands):
     def _send_events(self, events: list[QmpEvent]) -> None:
         for ev in events:
             self.monitor.broadcast(ev.name, ev.data)
+
+    # ------------------------------------------------------------ snapshots
+    @property
+    def vm_clock_ns(self) -> int:
+        """The VM clock of ``info snapshots``: how long the machine has run
+        (QEMU's virtual clock, which stands still while the VM is stopped);
+        a load sets it to the snapshot's."""
+        running = 0 if self._clock_since is None else time.monotonic_ns() - self._clock_since
+        return self._clock_ns + running
+
+    def save_snapshot(self, tag: str, *, overwrite: bool = True) -> None:
+        """QEMU's save_snapshot: the tag is checked, a running machine stops
+        (``save-vm``: STOP) while its state is written, then runs on
+        (RESUME), also when the save failed.  Raises SnapshotError."""
+        check_tag(tag)
+        was_running = self.machine.running
+        self.machine.stop(RunState.SAVE_VM)
+        try:
+            self.agent.flush()
+            data = save_machine(self.machine, extra=[(self._agent_record(), 0)])
+            self.snapshots.save(tag, data, SnapshotInfo(vm_clock=self.vm_clock_ns / 1e9), overwrite=overwrite)
+        finally:
+            if was_running:
+                self.cont()
+
+    def load_snapshot(self, tag: str) -> None:
+        """Load ``tag`` into this machine, whose run state the caller has
+        dealt with (QEMU's load_snapshot: ``loadvm`` stops a running machine
+        first).  Raises SnapshotError, or LoadError (the machine-state
+        message naming the device and port id); on error nothing changed.
+        The loaded ports' VSERPORT_CHANGE events wait until the machine
+        next runs, as QEMU's post-load timer does."""
+        entry = next((e for e in self.snapshots.list() if e.tag == tag), None)
+        data = self.snapshots.load(tag)
+        held: list[QmpEvent] = []
+        self._loading = held
+        try:
+            load_machine(self.machine, data, extra=self._agent_loader)
+        finally:
+            self._loading = None
+        self._post_load_events = held  # several loads before a run: the last one's
+        if entry is not None:
+            self._clock_ns = entry.vm_clock_ns
+            if self._clock_since is not None:
+                self._clock_since = time.monotonic_ns()
+        if self.machine.running:
+            self._send_post_load_events()
+        self.service()
+
+    def _send_post_load_events(self) -> None:
+        events, self._post_load_events = self._post_load_events, []
+        for ev in events:
+            self.monitor.broadcast(ev.name, ev.data)
+
+    def _agent_record(self) -> astate.AgentRecord:
+        """The guest programs' handles, as the state layer records them."""
+        files = {id(f): n for n, f in enumerate(self.machine.guest.open_files)}
+        handles = []
+        for h in [*self.agent.handles.values(), *self.agent.draining]:
+            n = files.get(id(h.file))
+            if n is None:
+                continue  # its file is already closed
+            handles.append(astate.AgentHandleRecord(
+                handle=h.handle, file=n, mode=h.mode, pending=b"".join(bytes(v) for v in h.pending),
+                written=h.written, closing=h.closing, error=h.error,
+            ))
+        handles.sort(key=lambda r: r.handle)
+        return astate.AgentRecord(next_handle=self.agent.next_handle, handles=handles)
+
+    def _agent_loader(self, records: list[Any], guest: GuestRecord) -> Callable[[], None]:
+        """load_machine's part for the guest programs: check, then apply."""
+        if len(records) > 1:
+            raise LoadError(f"{astate.SECTION}: {len(records)} sections, not one")
+        rec: astate.AgentRecord | None = records[0] if records else None
+        if rec is not None:
+            astate.check(rec, len(guest.files))
+
+        def apply() -> None:
+            self.agent.reset()
+            if rec is None:
+                return
+            files = self.machine.guest.open_files
+            for hr in rec.handles:
+                h = AgentHandle(hr.handle, files[hr.file], hr.mode)
+                if hr.pending:
+                    h.pending.append(memoryview(hr.pending))
+                    h.pending_bytes = len(hr.pending)
+                h.written = hr.written
+                h.closing = hr.closing
+                h.error = hr.error
+                if hr.closing:
+                    self.agent.draining.append(h)
+                else:
+                    self.agent.handles[hr.handle] = h
+            self.agent.next_handle = rec.next_handle
+
+        return apply
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.snapshots.directory

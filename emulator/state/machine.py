@@ -52,6 +52,7 @@ that follows an incoming migration's rule instead.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -65,6 +66,7 @@ from emulator.machine.machine import Machine
 from emulator.machine.pci import BUILTIN_PCI
 from emulator.machine.qom import PERIPHERAL_ANON
 from emulator.machine.runstate import RunState
+from emulator.state import agent as astate
 from emulator.state import guest as gstate
 from emulator.state import records
 from vmstate import U8, U16, U32, U64, Bool, Bytes, ListOf, Nested, Optional, Str
@@ -74,6 +76,11 @@ MEMORY_SECTION = "chardev-memory"
 RINGBUF_SECTION = "chardev-ringbuf"
 PRODUCER = "vserial"
 _CHARDEV_BYTES = 1 << 21  # one item is at most 4 MiB
+
+# What load_machine raises, for callers above this layer (they do not import vmstate).
+LoadError = vmstate.VMStateError
+# The sections of the layers above the machine (``extra``): the guest programs.
+EXTRA_SECTIONS = (astate.SECTION,)
 
 
 @vmstate.describe(name="machine-devfn", version=1)
@@ -171,7 +178,7 @@ def registry() -> vmstate.Registry:
     """Every section of a machine stream."""
     reg = vmstate.Registry()
     for cls in (MachineRecord, MemoryChardevRecord, RingbufChardevRecord, records.VirtIOSerialRecord,
-                gstate.GuestRecord):
+                gstate.GuestRecord, astate.AgentRecord):
         reg.register(cls)
     return reg
 
@@ -249,11 +256,14 @@ def capture_all(m: Machine) -> list[tuple[Any, int]]:
     ]
 
 
-def save_machine(m: Machine, *, created: int | None = None, key: bytes | None = None) -> bytes:
+def save_machine(m: Machine, *, created: int | None = None, key: bytes | None = None,
+                 extra: Sequence[tuple[Any, int]] = ()) -> bytes:
     """The whole machine as a vmstate stream.  With ``created`` fixed the
     bytes depend on the machine's state only (save -> load -> save gives
-    the same bytes)."""
-    sections = capture_all(m)
+    the same bytes).  ``extra``: (record, instance id) of the sections of
+    the layers above (``EXTRA_SECTIONS``: the guest programs), written
+    after the guest section."""
+    sections = [*capture_all(m), *extra]
     buf = io.BytesIO()
     with vmstate.StreamWriter(buf, producer=PRODUCER, created=created, key=key,
                               machine={"devices": len(m.devices)}) as w:
@@ -428,12 +438,20 @@ def _read(data: Any) -> vmstate.LoadedStream:
     return vmstate.load(data, _REGISTRY)
 
 
-def load_machine(m: Machine, data: Any) -> MachineRecord:
+ExtraLoader = Callable[[list[Any], "gstate.GuestRecord"], Callable[[], None]]
+
+
+def load_machine(m: Machine, data: Any, *, extra: ExtraLoader | None = None) -> MachineRecord:
     """Load a stream (bytes or a binary file object) into a machine started
     with the same devices and port ids.  Raises vmstate.VMStateError (a
     ValidationError naming the device and port id for a machine that does
     not fit); on error nothing changed.  Returns the stream's machine
-    record (its run state and autostart, for the caller's run-state rule)."""
+    record (its run state and autostart, for the caller's run-state rule).
+
+    ``extra`` is the caller's part for the ``EXTRA_SECTIONS`` of the stream
+    (without it they are ignored): it gets their records (possibly none)
+    and the guest section, checks them (raising vmstate.VMStateError) and
+    returns what applies them, which runs right after the guest is applied."""
     loaded = _read(data)
     sections: dict[str, list[vmstate.LoadedSection]] = {}
     for sec in loaded.sections:
@@ -470,10 +488,16 @@ def load_machine(m: Machine, data: Any) -> MachineRecord:
         dr.index: gstate.DeviceView(dev, s.rec.guest_features, dev.max_ports, s.queues, dev.ports)
         for dr, dev, s in zip(rec.devices, devs, staged)
     }
-    apply_guest = gstate.prepare(m.guest, sections[gstate.SECTION][0].state, mem=mem, devices=views)
+    guest_rec = sections[gstate.SECTION][0].state
+    apply_guest = gstate.prepare(m.guest, guest_rec, mem=mem, devices=views)
+    apply_extra = None
+    if extra is not None:
+        apply_extra = extra([s.state for name in EXTRA_SECTIONS for s in sections.get(name, [])], guest_rec)
     # Everything checked: apply.
     _apply(m, rec, devs, mem, chardevs, staged)
     apply_guest()
+    if apply_extra is not None:
+        apply_extra()
     m.pump()
     m.request_eject()
     return rec

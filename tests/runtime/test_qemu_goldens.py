@@ -112,8 +112,6 @@ MISMATCHES: dict[str, dict[int, str]] = {
         50: 'exec-oob (oob not enabled)',
         64: 'invalid UTF-8 byte',
         65: 'probe: connection still usable',
-        78: 'HMP info name',
-        79: 'HMP unknown command',
     },
     'runtime:ringbuf_size0': {
         7: 'write to QMP size-0 ring (rq): crash?',
