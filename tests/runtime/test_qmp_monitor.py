@@ -101,6 +101,46 @@ def test_output_escaping_matches_qemu_for_del_and_non_bmp(runtimes: list[Runtime
                          b'"The command a\\u007F\\u007F/\\uD83D\\uDE00 has not been found"}}\r\n')
 
 
+@pytest.mark.parametrize("id_text, echoed", [
+    (b"1e400", b"inf"),  # QEMU 7.2 really sends this (json-writer.c: "%.17g")
+    (b"-1e400", b"-inf"),
+    (b"0.1", b"0.10000000000000001"),
+    (b"1E2", b"100"),
+    (b"-0.0", b"-0"),
+    (b"-0", b"0"),
+    (b"123456789012345678901234567890", b"1.2345678901234568e+29"),
+    (b"-9223372036854775809", b"-9.2233720368547758e+18"),
+    (b"18446744073709551615", b"18446744073709551615"),
+    (b"18446744073709551616", b"1.8446744073709552e+19"),
+])
+def test_numbers_are_echoed_as_qemu_prints_them(runtimes: list[Runtime], id_text: bytes, echoed: bytes) -> None:
+    """Checked against QEMU 7.2 byte for byte.  Was: Python's repr
+    (0.1, 100.0), big integers exact, and 'Infinity'."""
+    rt, s = make(runtimes)
+    s.cmd_raw(b'{"execute": "query-name", "id": ' + id_text + b"}")
+    assert s.raw[-1] == b'{"return": {}, "id": ' + echoed + b"}\r\n"
+
+
+def test_nan_is_a_stray_byte_and_the_session_goes_on(runtimes: list[Runtime]) -> None:
+    rt, s = make(runtimes)
+    s.cmd_raw(b'{"execute": "query-name", "id": NaN}\n{"execute": "query-name", "id": 1}')
+    assert s.raw == [
+        b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'N\'"}}\r\n',
+        b'{"error": {"class": "GenericError", "desc": "JSON parse error, expecting value"}}\r\n',
+        b'{"return": {}, "id": 1}\r\n',
+    ]
+
+
+def test_after_a_stray_byte_in_an_open_value_the_next_command_is_answered(runtimes: list[Runtime]) -> None:
+    """QEMU 7.2: "stray '@'" then the reply.  Was: nothing, ever again."""
+    rt, s = make(runtimes)
+    s.cmd_raw(b'{"x": @\n{"execute": "query-name", "id": 1}')
+    assert s.messages() == [
+        {"error": {"class": "GenericError", "desc": "JSON parse error, stray '@'"}},
+        {"return": {}, "id": 1},
+    ]
+
+
 # ========================================================== misbehaving clients
 
 def test_client_that_hangs_up_before_its_reply_does_not_crash_the_monitor(build: Callable[..., Runtime],
