@@ -111,7 +111,6 @@ MISMATCHES: dict[str, dict[int, str]] = {
         11: 'negotiate on new connection',
         50: 'exec-oob (oob not enabled)',
         64: 'invalid UTF-8 byte',
-        65: 'probe: connection still usable',
     },
     'runtime:ringbuf_size0': {
         7: 'write to QMP size-0 ring (rq): crash?',
