@@ -43,7 +43,7 @@ import attrs
 
 import vmstate
 from emulator.core import vring
-from emulator.core.control import CONTROL_HEADER
+from emulator.core.control import CONTROL_HEADER, Event
 from emulator.core.device import VirtIOSerial
 from emulator.core.memory import PAGE_SIZE, GuestMemory
 from emulator.core.ring_log import RingLog
@@ -606,14 +606,21 @@ def _device(
         pd.queues[qr.index] = q
     if dr.multiport and not {2, 3} <= pd.queues.keys():
         raise _fail(f"{path}/queues", "the control queues 2 and 3 are missing")
+    # A port unplugged while the VM was paused: the device let it go at
+    # once, the guest still has it, and its PORT_REMOVE waits in the control
+    # ring in RAM - the guest unplugs it when it runs, as it would have.
+    removing = _removals_in_flight(pd.queues[2], mem) if dr.multiport else set()
     for j, pr in enumerate(dr.ports):
         ppath = f"{path}/ports[{j}]"
         if pr.id in pd.ports:
             raise _fail(f"{ppath}/id", f"port {pr.id} appears twice")
         if pr.id >= dr.max_nr_ports:
             raise _fail(f"{ppath}/id", f"{pr.id} is beyond max_nr_ports {dr.max_nr_ports}")
-        if device is not None and pr.id not in device.ports:
-            raise _fail(f"{ppath}/id", f"the device has no port {pr.id}")
+        if device is not None and pr.id not in device.ports and pr.id not in removing:
+            raise _fail(
+                f"{ppath}/id",
+                f"the device has no port {pr.id} and no PORT_REMOVE for it waits in the control ring",
+            )
         rx = _rx_index(pr.id)
         if rx not in pd.queues or rx + 1 not in pd.queues:
             raise _fail(f"{ppath}/id", f"port {pr.id}'s queues {rx} and {rx + 1} are missing")
@@ -630,6 +637,27 @@ def _device(
         port.inbuf = None if pr.inbuf is None else [pr.inbuf.addr, pr.inbuf.length, pr.inbuf.offset]
         pd.ports[pr.id] = port
     return pd
+
+
+def _removals_in_flight(q: DriverQueue, mem: GuestMemory) -> set[int]:
+    """The ports the guest will unplug when it handles the control
+    messages the device has put in the used ring of ``q`` (control rx) and
+    the guest has not taken yet: those whose last PORT_ADD/PORT_REMOVE there
+    is a PORT_REMOVE (the order ``control_work`` handles them in)."""
+    last: dict[int, int] = {}
+    used_idx = mem.read_u16(q.used + 2)
+    idx = q.last_used_idx
+    for _ in range(min((used_idx - idx) & 0xFFFF, q.num)):  # no more can be outstanding
+        head, length = vring.USED_ELEM.unpack(mem.read(vring.used_ring_addr(q.used, idx % q.num), 8))
+        token = q.tokens[head] if head < q.num else None
+        if type(token) is not int:
+            break  # the guest would mark the queue broken here and stop
+        if min(length, RX_BUF_SIZE) >= CONTROL_HEADER.size:
+            port_id, event, _ = CONTROL_HEADER.unpack(mem.read(token, CONTROL_HEADER.size))
+            if event in (Event.PORT_ADD, Event.PORT_REMOVE):
+                last[port_id] = event
+        idx = (idx + 1) & 0xFFFF
+    return {port_id for port_id, event in last.items() if event == Event.PORT_REMOVE}
 
 
 def _nodes(rec: GuestRecord, live: dict[tuple[int, int], GuestPort]) -> dict[str, GuestPort]:
@@ -657,6 +685,14 @@ def _links(rec: GuestRecord, live: dict[tuple[int, int], GuestPort]) -> dict[str
         if port is None or port.name != name:
             raise _fail(f"links[{k}]/target", f"{lr.target!r} is not a port named {name!r}")
         links[lr.path] = lr.target
+    # udev makes one link per named port (GuestKernel.port_named) and it
+    # goes with the port (port_removed); names are unique on the bus.
+    missing = sorted(
+        f"/dev/virtio-ports/{p.name} (/dev/{p.node})" for p in live.values()
+        if p.name and f"/dev/virtio-ports/{p.name}" not in links
+    )
+    if missing:
+        raise _fail("links", f"named ports without their udev link: {missing}")
     return links
 
 

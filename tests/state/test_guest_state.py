@@ -273,6 +273,7 @@ def _bad_fields(rec: gstate.GuestRecord) -> list[tuple[str, Any]]:
         ("nodes[0]", "/dev/vport0p2"),
         ("links[0]/path", "/dev/virtio-ports"),
         ("links[0]/target", "../vport0p9"),
+        ("links", []),  # named ports whose /dev/virtio-ports link udev made
         ("files[1]/path", ""),
         ("files[1]/device", 5),
         ("files[1]/port", 2),
@@ -364,6 +365,30 @@ def test_refusals_name_the_field() -> None:
         with pytest.raises(vmstate.ValidationError) as info:
             gstate.restore(b.guest, _set(rec, path, value))
         assert words in str(info.value)
+
+
+def test_links_must_be_exactly_udevs_for_the_named_ports() -> None:
+    a = _busy()
+    dev, ram, rec = _snapshot(a)
+    slow = next(k for k, lr in enumerate(rec.links) if lr.path == SLOW)
+    p1 = f"devices[0]/ports[{_port(rec, 1)}]"
+    for bad, words in [
+        (_set(rec, "links", []), "guest/links: named ports without their udev link"),
+        (_set(rec, "links", rec.links[:slow] + rec.links[slow + 1:]),
+         f"guest/links: named ports without their udev link: ['{SLOW} (/dev/vport0p1)']"),
+        (_set(rec, f"{p1}/name", "org.guest.other"),
+         f"guest/links[{slow}]/target: '../vport0p1' is not a port named 'org.guest.slow'"),
+        (_set(rec, f"{p1}/name", None), f"guest/links[{slow}]/target"),
+        (_set(rec, f"links[{slow}]/path", "/dev/virtio-ports/org.guest.other"), f"guest/links[{slow}]/target"),
+    ]:
+        b = _target()
+        records.restore(b.devices[0], dev, ram=_ram(ram))
+        with pytest.raises(vmstate.ValidationError) as info:
+            gstate.restore(b.guest, bad)
+        assert words in str(info.value)
+        assert not b.guest.booted and b.guest.links == {}
+    b = _restored(dev, ram, rec)  # the record as captured: every link there
+    assert b.guest.readlink(SLOW) == "../vport0p1" and b.guest.readlink(DATA) == "../vport0p3"
 
 
 def test_refused_restore_leaves_a_booted_guest_as_it_was() -> None:

@@ -13,6 +13,7 @@ import pytest
 import vmstate
 
 from emulator.core.chardev import MemoryChardev
+from emulator.core.control import CONTROL_HEADER, Event
 from emulator.errors import GuestOSError
 from emulator.io.char_ringbuf import RingbufChardev
 from emulator.machine.machine import Machine
@@ -231,6 +232,70 @@ def test_stopped_machine_with_pending_interrupts() -> None:
         m.cont()
     assert mstate.save_machine(b, created=0) == mstate.save_machine(a, created=0)
     assert a.guest.open_files[4].read() == b.guest.open_files[4].read() == b"while stopped"
+
+
+def test_a_port_unplugged_while_paused_loads_into_the_source_and_a_target_without_it() -> None:
+    """device_del while stopped: the device lets the port go at once, its
+    PORT_REMOVE waits in the control ring; the guest still has the port.
+    The snapshot loads on the source and on a machine started without the
+    port, and on cont each guest sees the port go the same way."""
+    lines = [VSER0, ANON, CONSOLE, SLOW, DATA]
+    a = _machine(lines, slow_window=None)
+    a.boot()
+    slow = a.guest.open(V + "org.guest.slow")
+    assert slow.write(b"before the unplug") == 17
+    a.host_receive("c1")
+    a.host_send("c1", b"unread when unplugged")
+    a.stop()
+    a.device_del("p1")
+    assert 1 not in a.devices[0].ports
+    data = mstate.save_machine(a, created=0)
+    b = _machine([x for x in lines if x is not SLOW], slow_window=None)
+    b.stop()
+    mstate.load_machine(b, data)
+    mstate.load_machine(a, data)
+    for m in (a, b):
+        assert mstate.save_machine(m, created=0) == data
+        assert V + "org.guest.slow" in m.guest.links  # the guest has not handled PORT_REMOVE
+    seen = []
+    for m in (a, b):
+        n = len(m.events[:])
+        m.cont()
+        f = m.guest.open_files[0]
+        assert f.port.removed and f.port.id == 1
+        try:
+            f.write(b"after the unplug")
+        except GuestOSError as err:
+            wrote: object = err.errno
+        seen.append((
+            f.read(), wrote, m.guest.listdir("/dev/virtio-ports"), [attrs.asdict(p) for p in m.guest.ports()],
+            m.events[n:], m.error_log[:], m.host_receive("c1"), mstate.save_machine(m, created=0),
+        ))
+    assert seen[0] == seen[1]
+    assert seen[0][:3] == (b"", errno.ENODEV, ["org.guest.console", "org.guest.data"])
+    with pytest.raises(GuestOSError) as info:
+        b.guest.open(V + "org.guest.slow")
+    assert info.value.errno == errno.ENOENT
+
+
+def test_a_guest_port_the_device_lacks_without_a_port_remove_in_flight_is_refused() -> None:
+    lines = [VSER0, CONSOLE, SLOW]
+    a = _machine(lines, slow_window=None)
+    a.boot()
+    a.stop()
+    a.device_del("p1")
+    loaded = vmstate.loads(mstate.save_machine(a, created=0), mstate.registry())
+    ctl = next(q for q in loaded.section("guest").devices[0].queues if q.index == 2)
+    ram = bytearray(a.mem.ro)
+    head = int.from_bytes(ram[ctl.used + 4 + 8 * (ctl.last_used_idx % ctl.num):][:4], "little")
+    buf = int.from_bytes(ram[ctl.desc + 16 * head:][:8], "little")
+    assert ram[buf:buf + 8] == CONTROL_HEADER.pack(1, Event.PORT_REMOVE, 1)
+    ram[buf + 4:buf + 6] = int(Event.RESIZE).to_bytes(2, "little")  # no longer a PORT_REMOVE
+    items = [(s.state, s.instance_id) for s in loaded.sections]
+    bad = vmstate.dumps(items, producer="test", created=0, ram={"ram": bytes(ram)})
+    for m in (_machine([VSER0, CONSOLE], slow_window=None), a):
+        m.stop()
+        _refused(m, bad, "guest/devices[0]/ports[", "/id: the device has no port 1", "no PORT_REMOVE for it waits")
 
 
 # -------------------------------------------------- refusals change nothing
