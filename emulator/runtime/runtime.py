@@ -317,13 +317,19 @@ class Runtime(QmpCommands):
     def save_snapshot(self, tag: str, *, overwrite: bool = True) -> None:
         """QEMU's save_snapshot: the tag is checked, a running machine stops
         (``save-vm``: STOP) while its state is written, then runs on
-        (RESUME), also when the save failed.  Raises SnapshotError."""
+        (RESUME), also when the save failed.  Raises SnapshotError: a
+        state that cannot be written (whatever save_machine raises) is
+        QEMU's ``Error while writing VM state: <reason>``, the HMP reply
+        ``Error: ...`` and never an internal error."""
         check_tag(tag)
         was_running = self.machine.running
         self.machine.stop(RunState.SAVE_VM)
         try:
             self.agent.flush()
-            data = save_machine(self.machine, extra=[(self._agent_record(), 0)])
+            try:
+                data = save_machine(self.machine, extra=[(self._agent_record(), 0)])
+            except Exception as err:  # noqa: BLE001 - every failure is the save's error reply
+                raise SnapshotError(f"Error while writing VM state: {err}") from err
             self.snapshots.save(tag, data, SnapshotInfo(vm_clock=self.vm_clock_ns / 1e9), overwrite=overwrite)
         finally:
             if was_running:

@@ -8,7 +8,8 @@ so their handles travel as one more section of the machine stream,
 the runtime gives this module: per handle its number, the guest file it has
 open (an index into the ``guest`` section's ``files``, the kernel's
 ``open_files`` in order), the open mode, the bytes a blocking writer has
-taken but the port has not (``pending``), the bytes written so far, whether
+taken but the port has not (``pending``: its length here, the bytes in
+``buffer-piece`` sections after this one, state/pieces.py), the bytes written so far, whether
 the program closed it while bytes were still pending (``closing``), and a
 write error it has met.  ``check`` refuses a record that does not fit the
 guest's files before anything is applied.
@@ -19,20 +20,21 @@ from __future__ import annotations
 import attrs
 
 import vmstate
-from vmstate import U64, Bool, Bytes, ListOf, Optional, Str
+from vmstate import U64, Bool, ListOf, Optional, Str
 
 SECTION = "guest-agent"
 FIRST_HANDLE = 1000  # qemu-ga's first handle
-_PENDING_BYTES = 1 << 24
 
 
 @vmstate.describe(name="guest-agent-handle", version=1)
 @attrs.define(kw_only=True)
 class AgentHandleRecord:
+    pending: bytes = attrs.field(default=b"", repr=False)
     handle: int = vmstate.field(U64)
     file: int = vmstate.field(U64)  # index into the guest section's files
     mode: str = vmstate.field(Str(max_len=8))
-    pending: bytes = vmstate.field(Bytes(max_len=_PENDING_BYTES))
+    # the bytes: in the section's pieces
+    pending_len: int = vmstate.field(U64, default=attrs.Factory(lambda r: len(r.pending), takes_self=True))
     written: int = vmstate.field(U64)
     closing: bool = vmstate.field(Bool)
     error: str | None = vmstate.field(Optional(Str(max_len=256)))
@@ -43,6 +45,16 @@ class AgentHandleRecord:
 class AgentRecord:
     next_handle: int = vmstate.field(U64)
     handles: list[AgentHandleRecord] = vmstate.field(ListOf(AgentHandleRecord, max_len=1 << 16))
+
+    def buffers(self) -> dict[str, bytes]:
+        return {f"handles[{k}]/pending": h.pending for k, h in enumerate(self.handles)}
+
+    def buffer_lengths(self) -> dict[str, int]:
+        return {f"handles[{k}]/pending": h.pending_len for k, h in enumerate(self.handles)}
+
+    def set_buffer(self, path: str, data: bytes) -> None:
+        k = int(path.removeprefix("handles[").removesuffix("]/pending"))
+        self.handles[k].pending = data
 
 
 def _fail(path: str, reason: str) -> vmstate.ValidationError:

@@ -68,6 +68,7 @@ from emulator.machine.qom import PERIPHERAL_ANON
 from emulator.machine.runstate import RunState
 from emulator.state import agent as astate
 from emulator.state import guest as gstate
+from emulator.state import pieces
 from emulator.state import records
 from vmstate import U8, U16, U32, U64, Bool, Bytes, ListOf, Nested, Optional, Str
 
@@ -75,7 +76,6 @@ SECTION = "machine"
 MEMORY_SECTION = "chardev-memory"
 RINGBUF_SECTION = "chardev-ringbuf"
 PRODUCER = "vserial"
-_CHARDEV_BYTES = 1 << 21  # one item is at most 4 MiB
 
 # What load_machine raises, for callers above this layer (they do not import vmstate).
 LoadError = vmstate.VMStateError
@@ -159,26 +159,50 @@ class MachineRecord:
 @vmstate.describe(name=MEMORY_SECTION, version=1)
 @attrs.define(kw_only=True)
 class MemoryChardevRecord:
-    """An in-memory host program's buffers."""
+    """An in-memory host program's buffers (their bytes in ``buffer-piece``
+    sections, pieces.py: they have no bound)."""
 
+    received: bytes = attrs.field(default=b"", repr=False)  # guest -> host, not taken yet
+    pending: bytes = attrs.field(default=b"", repr=False)  # host -> guest, not taken yet
     id: str = vmstate.field(Str(max_len=256))
-    received: bytes = vmstate.field(Bytes(max_len=_CHARDEV_BYTES))  # guest -> host, not taken yet
-    pending: bytes = vmstate.field(Bytes(max_len=_CHARDEV_BYTES))  # host -> guest, not taken yet
+    received_len: int = vmstate.field(U64, default=attrs.Factory(lambda r: len(r.received), takes_self=True))
+    pending_len: int = vmstate.field(U64, default=attrs.Factory(lambda r: len(r.pending), takes_self=True))
+
+    def buffers(self) -> dict[str, bytes]:
+        return {"received": self.received, "pending": self.pending}
+
+    def buffer_lengths(self) -> dict[str, int]:
+        return {"received": self.received_len, "pending": self.pending_len}
+
+    def set_buffer(self, path: str, data: bytes) -> None:
+        setattr(self, path, data)
 
 
 @vmstate.describe(name=RINGBUF_SECTION, version=1)
 @attrs.define(kw_only=True)
 class RingbufChardevRecord:
+    """A ring buffer (its unread bytes in ``buffer-piece`` sections)."""
+
+    unread: bytes = attrs.field(default=b"", repr=False)
     id: str = vmstate.field(Str(max_len=256))
     size: int = vmstate.field(U64)
-    unread: bytes = vmstate.field(Bytes(max_len=_CHARDEV_BYTES))
+    unread_len: int = vmstate.field(U64, default=attrs.Factory(lambda r: len(r.unread), takes_self=True))
+
+    def buffers(self) -> dict[str, bytes]:
+        return {"unread": self.unread}
+
+    def buffer_lengths(self) -> dict[str, int]:
+        return {"unread": self.unread_len}
+
+    def set_buffer(self, path: str, data: bytes) -> None:
+        self.unread = data
 
 
 def registry() -> vmstate.Registry:
     """Every section of a machine stream."""
     reg = vmstate.Registry()
     for cls in (MachineRecord, MemoryChardevRecord, RingbufChardevRecord, records.VirtIOSerialRecord,
-                gstate.GuestRecord, astate.AgentRecord):
+                gstate.GuestRecord, astate.AgentRecord, pieces.PieceRecord):
         reg.register(cls)
     return reg
 
@@ -267,10 +291,20 @@ def save_machine(m: Machine, *, created: int | None = None, key: bytes | None = 
     buf = io.BytesIO()
     with vmstate.StreamWriter(buf, producer=PRODUCER, created=created, key=key,
                               machine={"devices": len(m.devices)}) as w:
+        piece_id = 0
         for rec, instance_id in sections:
             w.write_section(rec, instance_id=instance_id)
+            for piece in pieces.pieces(rec, instance_id):
+                w.write_section(piece, instance_id=piece_id)
+                piece_id += 1
         w.write_ram(m.mem.ro)
-    return buf.getvalue()
+    data = buf.getvalue()
+    limits = vmstate.Limits()
+    if len(data) > limits.max_stream_size or piece_id + len(sections) + 2 > limits.max_items:
+        # What a reader would refuse: refuse it here, where the caller can say so.
+        raise ValueError(f"machine state of {len(data)} bytes in {piece_id + len(sections)} sections exceeds "
+                         f"the stream limits ({limits.max_stream_size} bytes, {limits.max_items} items)")
+    return data
 
 
 # ------------------------------------------------------------------- load
@@ -453,6 +487,7 @@ def load_machine(m: Machine, data: Any, *, extra: ExtraLoader | None = None) -> 
     and the guest section, checks them (raising vmstate.VMStateError) and
     returns what applies them, which runs right after the guest is applied."""
     loaded = _read(data)
+    pieces.assemble(loaded.sections)
     sections: dict[str, list[vmstate.LoadedSection]] = {}
     for sec in loaded.sections:
         sections.setdefault(sec.name, []).append(sec)

@@ -277,3 +277,75 @@ def test_an_agent_section_that_does_not_fit_is_refused(tmp: str, runtimes: list[
     with pytest.raises(Exception, match="file 0, but the guest has 0 open files"):
         astate.check(rec, 0)
     astate.check(rec, 1)
+
+
+BIG = bytes(range(251)) * (5 * 4096 + 7)  # ~5 MiB: more than one vmstate item (4 MiB)
+
+
+def test_savevm_of_buffers_over_4_mib_saves_and_loads(tmp: str, runtimes: list[Runtime]) -> None:
+    """A 5 MiB write the guest program holds while no client is on the
+    socket, and 5 MiB in a ring buffer, survive savevm and -loadvm in a
+    new process; the bytes arrive once, in order."""
+    args = ["-chardev", f"socket,id=c1,path={tmp}/a.sock,server=on,wait=off",
+            "-chardev", "ringbuf,id=r,size=8M",
+            "-device", "virtio-serial,id=vser0",
+            "-device", "virtserialport,nr=1,name=org.test.p1,id=p1,chardev=c1",
+            "-device", "virtserialport,nr=2,name=org.test.p2,id=p2,chardev=r"]
+    rt, s = _runtime(runtimes, tmp, *args)
+    s.cmd("guest-file-open", path="/dev/virtio-ports/org.test.p1", mode="w")
+    h1 = s.last()["return"]
+    s.cmd("guest-file-write", handle=h1, **{"buf-b64": base64.b64encode(BIG).decode()})
+    s.cmd("guest-file-open", path="/dev/virtio-ports/org.test.p2", mode="w")
+    h2 = s.last()["return"]
+    s.cmd("guest-file-write", handle=h2, **{"buf-b64": base64.b64encode(BIG).decode()})
+    _pump(rt, lambda: rt.agent.pending(h2) == 0, "the ring to take the write")
+    assert rt.agent.pending(h1) == len(BIG)
+    assert _hmp(s, "savevm t1") == ""
+
+    rt_b, s_b = _runtime(runtimes, tmp, "-loadvm", "t1", *[a.replace("a.sock", "b.sock") for a in args])
+    ring: Any = rt_b.machine.chardevs["r"]
+    assert ring.read(len(BIG) + 1) == BIG
+    host = socket.socket(socket.AF_UNIX)
+    host.connect(f"{tmp}/b.sock")
+    host.settimeout(0)
+    received = bytearray()
+
+    def take() -> int:
+        try:
+            while chunk := host.recv(1 << 16):
+                received.extend(chunk)
+        except BlockingIOError:
+            pass
+        return len(received) >= len(BIG)
+
+    _pump(rt_b, take, "the held write", timeout=30)
+    rt_b.loop.run_once(0.05)
+    take()
+    assert bytes(received) == BIG
+    host.close()
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_a_failed_save_is_an_hmp_error_with_stop_and_resume_when_running(
+        running: bool, tmp: str, runtimes: list[Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever save_machine raises is QEMU's ``Error while writing VM
+    state: ...`` as the HMP text, never a QMP error; a running machine
+    gets STOP and RESUME (save_snapshot restarts it on every path after
+    its vm_stop) and runs on; the old snapshot with the tag is intact."""
+    from emulator.runtime import runtime as rmod
+    rt, s = _runtime(runtimes, tmp, *([] if running else ["-S"]))
+    assert _hmp(s, "savevm t1") == ""
+
+    def boom(*args: Any, **kwargs: Any) -> bytes:
+        raise ValueError("item of 5242951 bytes exceeds max_item_size 4194304")
+
+    monkeypatch.setattr(rmod, "save_machine", boom)
+    s.raw.clear()
+    s.cmd("human-monitor-command", **{"command-line": "savevm t1"})
+    got = [_normalise(m) for m in s.messages()]
+    reply = {"return": "Error: Error while writing VM state: item of 5242951 bytes exceeds max_item_size 4194304\r\n"}
+    assert got == ([{"event": "STOP"}, {"event": "RESUME"}, reply] if running else [reply])
+    s.cmd("query-status")
+    assert s.last()["return"]["status"] == ("running" if running else "prelaunch")
+    monkeypatch.undo()
+    assert _hmp(s, "loadvm t1") == ""
