@@ -50,6 +50,7 @@ from emulator.errors import GuestError, GuestOSError, StateError
 from emulator.machine.machine import Machine
 from emulator.state.records import PortRecord, SgRecord, ElementRecord, VirtIOSerialRecord, capture, registry, restore
 from tests.core.test_ring_fuzz import ERROR_PREFIXES
+from tests.vmstate.vmstate_hostile import mutate
 from vmstate.container import ITEM_TAG, encode_item
 
 LONG = os.environ.get("VSERIAL_FUZZ") == "long"
@@ -431,21 +432,6 @@ def replace_at(value: Any, path: list[int], new: Any) -> Any:
     return value
 
 
-def mutate_bytes(data: bytes, ops: list[tuple[str, int, int, int]]) -> bytes:
-    b = bytearray(data)
-    for op, where, value, length in ops:
-        i = where % (len(b) + 1)
-        if op == "flip" and b:
-            b[i % len(b)] ^= 1 << (value % 8)
-        elif op == "set" and b:
-            b[i % len(b)] = value
-        elif op == "insert":
-            b[i:i] = bytes([value]) * length
-        elif op == "delete":
-            del b[i : i + length]
-    return bytes(b)
-
-
 byte_mutation = st.tuples(
     st.sampled_from(["flip", "set", "insert", "delete"]),
     st.integers(min_value=0),
@@ -503,7 +489,7 @@ def test_values_replaced_in_the_stream_are_refused_cleanly_or_leave_a_working_ma
 def test_mutated_section_bytes_are_refused_cleanly_or_leave_a_working_machine(ops: list[tuple[str, int, int, int]]) -> None:
     m = booted()
     items = _items(BASE_STREAM)
-    items[SECTION_ITEM] = mutate_bytes(items[SECTION_ITEM], ops)
+    items[SECTION_ITEM] = mutate(items[SECTION_ITEM], ops)
     for note in load_and_check(m, reseal(items), {"stream"}):
         event(note)
 

@@ -39,17 +39,36 @@ def test_description_is_unchanged_or_bumped(name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.name)
-def test_every_saved_stream_restores_into_a_machine_from_its_command_line(path: Path) -> None:
-    loaded = vmstate.loads(path.read_bytes(), registry())
+def machine_for(loaded: vmstate.LoadedStream) -> Machine:
+    """A machine built from the command line a fixture stream records."""
     cfg = loaded.header.machine
     m = Machine(ram_size=cfg["ram_size"])
     for c in cfg["chardevs"]:
         m.chardev_add(MemoryChardev(c))
     for props in cfg["device"]:
         m.device_add(dict(props))
+    return m
+
+
+@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.name)
+def test_every_saved_stream_restores_into_a_machine_from_its_command_line(path: Path) -> None:
+    loaded = vmstate.loads(path.read_bytes(), registry())
+    m = machine_for(loaded)
     restore(m.devices[0], loaded.section(SECTION, 0), ram=loaded.ram["ram"])
     # The sample held a throttled guest write; the new host takes the rest.
     assert m.host_receive("c1") == b"across the snapshot"
     assert m.devices[0].ports[1].guest_connected
     assert m.error_log == []
+
+
+# Issue 4 review. Was: a refused emulator restore had already overwritten guest RAM (restore now stages it).
+@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.name)
+def test_a_refused_restore_leaves_guest_ram_unchanged(path: Path) -> None:
+    loaded = vmstate.loads(path.read_bytes(), registry())
+    m = machine_for(loaded)
+    before = bytes(m.mem.ring_buf)
+    record = loaded.section(SECTION, 0)
+    record.queues[1].used_addr = loaded.header.machine["ram_size"] - 8  # outside RAM: refused
+    with pytest.raises(vmstate.ValidationError):
+        restore(m.devices[0], record, ram=loaded.ram["ram"])
+    assert bytes(m.mem.ring_buf) == before

@@ -30,7 +30,7 @@ from typing import Any
 import cbor2
 import pytest
 import vmstate_demo as demo
-from vmstate_hostile import time_limit
+from vmstate_hostile import mutate, time_limit
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -88,23 +88,6 @@ mutation = st.tuples(
     st.integers(min_value=0, max_value=255),
     st.integers(min_value=1, max_value=16),
 )
-
-
-def mutate(data: bytes, ops: list[tuple[str, int, int, int]]) -> bytes:
-    b = bytearray(data)
-    for op, where, value, length in ops:
-        i = where % (len(b) + 1)
-        if op == "flip" and b:
-            b[i % len(b)] ^= 1 << (value % 8)
-        elif op == "set" and b:
-            b[i % len(b)] = value
-        elif op == "insert":
-            b[i:i] = bytes([value]) * length
-        elif op == "delete":
-            del b[i : i + length]
-        elif op == "truncate":
-            del b[i:]
-    return bytes(b)
 
 
 @FUZZ

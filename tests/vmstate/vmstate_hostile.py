@@ -57,3 +57,21 @@ def time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def mutate(data: bytes, ops: list[tuple[str, int, int, int]]) -> bytes:
+    """Apply byte-level fuzz operations (flip, set, insert, delete, truncate)."""
+    b = bytearray(data)
+    for op, where, value, length in ops:
+        i = where % (len(b) + 1)
+        if op == "flip" and b:
+            b[i % len(b)] ^= 1 << (value % 8)
+        elif op == "set" and b:
+            b[i % len(b)] = value
+        elif op == "insert":
+            b[i:i] = bytes([value]) * length
+        elif op == "delete":
+            del b[i : i + length]
+        elif op == "truncate":
+            del b[i:]
+    return bytes(b)
